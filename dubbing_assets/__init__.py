@@ -1,0 +1,1 @@
+"""Dagster definitions of the dubbing pipeline: partitions, one module per stage asset, jobs, checks."""

@@ -1,0 +1,108 @@
+"""The dub over the original audio.
+
+Ducking is volume automation from the known placements of the dubbed segments (no sidechain
+detection pass): the original drops by `duck_db` with short ramps around each dubbed segment.
+The mix is then normalised to `target_lufs` (EBU R128 integrated) with one measured gain and a
+-1 dBFS peak limiter, and encoded to AAC.
+"""
+
+
+import wave
+
+import dagster as dg
+import numpy as np
+
+from dubbing_assets.dubbed_speech import dubbed_speech
+from dubbing_assets.extracted_audio import MIX_RATE
+from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.stage import GROUP, Timer, stage_errors
+from resources import media
+from resources.jobstore import JobStore
+from resources.storage import MediaStorage
+
+RAMP_S = 0.15  # fade time into and out of a duck
+FRAME_S = 0.01  # envelope resolution
+HEADROOM = 0.5  # scale of the raw mix, so summing never clips before the loudness gain
+BLOCK_S = 10.0
+
+
+def duck_envelope(intervals: list[tuple[float, float]], duration: float, duck_db: float) -> np.ndarray:
+    """Gain per FRAME_S frame: 1 outside speech, 10^(duck_db/20) inside, linear ramps of RAMP_S
+    that finish before each segment starts and begin after it ends."""
+    frames = int(np.ceil(duration / FRAME_S)) + 1
+    t = np.arange(frames) * FRAME_S
+    depth = np.zeros(frames, dtype=np.float32)  # 0 = no duck, 1 = full duck
+    for start, end in intervals:
+        rise = np.clip((t - (start - RAMP_S)) / RAMP_S, 0, 1)
+        fall = np.clip(((end + RAMP_S) - t) / RAMP_S, 0, 1)
+        depth = np.maximum(depth, np.minimum(rise, fall))
+    duck = 10 ** (duck_db / 20.0)
+    return (1.0 - depth * (1.0 - duck)).astype(np.float32)
+
+
+def mix_to_wav(original, dub, out, envelope: np.ndarray) -> None:
+    """Stream original (stereo) x envelope + dub (mono, both channels) into a 16-bit WAV, block by
+    block, so memory stays flat however long the media is."""
+    frame_t = np.arange(len(envelope)) * FRAME_S
+    with wave.open(str(original), "rb") as o, wave.open(str(dub), "rb") as d, wave.open(str(out), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(MIX_RATE)
+        ch = o.getnchannels()
+        block = int(BLOCK_S * MIX_RATE)
+        pos = 0
+        while True:
+            raw = o.readframes(block)
+            if not raw:
+                break
+            orig = np.frombuffer(raw, dtype="<i2").astype(np.float32).reshape(-1, ch) / 32768.0
+            if ch == 1:
+                orig = np.repeat(orig, 2, axis=1)
+            n = orig.shape[0]
+            speech = np.frombuffer(d.readframes(n), dtype="<i2").astype(np.float32) / 32768.0
+            if len(speech) < n:
+                speech = np.pad(speech, (0, n - len(speech)))
+            gain = np.interp((pos + np.arange(n)) / MIX_RATE, frame_t, envelope).astype(np.float32)
+            mixed = (orig * gain[:, None] + speech[:, None]) * HEADROOM
+            w.writeframes((np.clip(mixed, -1, 1) * 32767).astype("<i2").tobytes())
+            pos += n
+
+
+@dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"ffmpeg"}, deps=[dubbed_speech],
+          code_version="1",
+          description="Original audio ducked under the dub, loudness-normalised (EBU R128), AAC.")
+def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
+               storage: MediaStorage) -> dg.MaterializeResult:
+    job = job_store.get_job(context.partition_key)
+    speech = storage.read_json(job.id, "speech.json")
+    mix_path = storage.artifact(job.id, "mix.m4a")
+    if speech["no_speech"]:
+        mix_path.unlink(missing_ok=True)
+        storage.write_json(job.id, "mix.json", {"no_speech": True})
+        return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix"})
+    duration = storage.read_json(job.id, "source.json")["duration_s"]
+    intervals = [(s["placed_start"], s["placed_end"]) for s in speech["segments"]]
+    opts = job.options
+    with stage_errors("dubbed_mix"), Timer() as t:
+        raw = storage.artifact(job.id, "mix_raw.wav")
+        mix_to_wav(storage.artifact(job.id, "original.wav"), storage.artifact(job.id, "dub_track.wav"),
+                   raw, duck_envelope(intervals, duration, opts.duck_db))
+        measured = media.measure_loudness(raw)
+        gain = opts.target_lufs - measured.integrated_lufs if measured.integrated_lufs > -70 else 0.0
+        media.encode_audio(raw, mix_path, gain_db=gain)
+        final = media.measure_loudness(mix_path)
+        raw.unlink(missing_ok=True)
+    storage.write_json(job.id, "mix.json", {
+        "no_speech": False, "file": mix_path.name, "gain_db": round(gain, 2),
+        "integrated_lufs": final.integrated_lufs, "lra": final.lra, "true_peak_dbfs": final.true_peak_dbfs,
+    })
+    return dg.MaterializeResult(metadata={
+        "integrated_lufs": final.integrated_lufs,
+        "target_lufs": opts.target_lufs,
+        "loudness_range_lu": final.lra,
+        "true_peak_dbfs": final.true_peak_dbfs,
+        "gain_db": round(gain, 2),
+        "duck_db": opts.duck_db,
+        "ducked_s": round(sum(e - s for s, e in intervals), 2),
+        "mix_s": t.seconds,
+    })

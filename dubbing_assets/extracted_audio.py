@@ -1,0 +1,30 @@
+from pathlib import Path
+
+import dagster as dg
+
+from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.source_media import source_media
+from dubbing_assets.stage import GROUP, Timer, stage_errors
+from resources import media
+from resources.storage import MediaStorage
+
+ASR_RATE = 16_000
+MIX_RATE = 48_000
+
+
+@dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"ffmpeg"}, deps=[source_media],
+          code_version="1",
+          description="16 kHz mono WAV for ASR, and the original audio at 48 kHz stereo for the mix.")
+def extracted_audio(context: dg.AssetExecutionContext, storage: MediaStorage) -> dg.MaterializeResult:
+    job_id = context.partition_key
+    src = Path(storage.read_json(job_id, "source.json")["path"])
+    with stage_errors("extracted_audio"), Timer() as t:
+        asr = media.extract_wav(src, storage.artifact(job_id, "asr.wav"), rate=ASR_RATE, channels=1)
+        orig = media.extract_wav(src, storage.artifact(job_id, "original.wav"), rate=MIX_RATE, channels=2)
+    return dg.MaterializeResult(metadata={
+        "asr_wav_s": round(media.wav_duration(asr), 3),
+        "original_wav_s": round(media.wav_duration(orig), 3),
+        "asr_rate_hz": ASR_RATE,
+        "mix_rate_hz": MIX_RATE,
+        "extract_s": t.seconds,
+    })

@@ -1,0 +1,24 @@
+"""The resources every stage uses, fed from the environment (dg.EnvVar where a variable is set)."""
+
+import dagster as dg
+
+from resources.asr import BUNDLED, AsrResource
+from resources.jobstore import JobStore
+from resources.settings import env_or
+from resources.storage import MediaStorage
+from resources.translate import TranslatorResource
+from resources.tts import TtsResource
+
+
+def build_defs() -> dg.Definitions:
+    return dg.Definitions(resources={
+        "job_store": JobStore(database_url=env_or("DATABASE_URL", "")),
+        "storage": MediaStorage(root=env_or("DUBBING_DATA_DIR", "")),
+        "asr": AsrResource(model=env_or("ASR_MODEL", BUNDLED)),
+        "translator": TranslatorResource(
+            backend=env_or("TRANSLATOR", "auto"),
+            libretranslate_url=env_or("LIBRETRANSLATE_URL", ""),
+            libretranslate_api_key=env_or("LIBRETRANSLATE_API_KEY", ""),
+        ),
+        "tts": TtsResource(engine=env_or("TTS_ENGINE", "auto"), xtts_model_dir=env_or("XTTS_MODEL_DIR", "")),
+    })

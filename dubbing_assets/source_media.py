@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import dagster as dg
+
+from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.stage import GROUP, Timer, stage_errors
+from resources import media
+from resources.jobstore import JobStore
+from resources.storage import MediaStorage
+
+
+@dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"ffmpeg"}, code_version="1",
+          description="The job's input, probed with ffprobe and fully decoded once: rejects empty, "
+                      "non-media, truncated and silent-track-less files with a clear reason.")
+def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
+                 storage: MediaStorage) -> dg.MaterializeResult:
+    job = job_store.get_job(context.partition_key)
+    src = Path(job.input_path)
+    with stage_errors("source_media"), Timer() as t:
+        info = media.probe(src)
+        decoded = media.check_audio_decodes(src, info.duration)
+    summary = {**info.summary(), "decoded_audio_s": round(decoded, 3), "path": str(src),
+               "filename": job.filename, "source_lang": job.source_lang, "target_lang": job.target_lang}
+    storage.write_json(job.id, "source.json", summary)
+    return dg.MaterializeResult(metadata={
+        "filename": job.filename,
+        "duration_s": summary["duration_s"],
+        "container": summary["container"],
+        "has_video": summary["has_video"],
+        "video_codec": summary.get("video_codec") or "none",
+        "audio_codec": summary.get("audio_codec") or "none",
+        "size_mb": round(info.size_bytes / 1e6, 2),
+        "languages": f"{job.source_lang} -> {job.target_lang}",
+        "probe_s": t.seconds,
+    })

@@ -1,0 +1,37 @@
+import dagster as dg
+
+from dubbing_assets.extracted_audio import extracted_audio
+from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.stage import GROUP, Timer, stage_errors
+from resources.asr import AsrResource
+from resources.jobstore import JobStore
+from resources.storage import MediaStorage
+
+
+@dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"python"}, deps=[extracted_audio],
+          code_version="1", pool="asr",
+          description="faster-whisper segments with word timestamps and VAD on the original timeline.")
+def transcript(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
+               asr: AsrResource) -> dg.MaterializeResult:
+    job = job_store.get_job(context.partition_key)
+    with stage_errors("transcript"), Timer() as t:
+        segments, info = asr.transcribe(storage.artifact(job.id, "asr.wav"), job.source_lang)
+    words = sum(len(s.words) for s in segments)
+    data = {"language": job.source_lang, "info": info, "no_speech": not segments,
+            "segments": [s.to_dict() for s in segments]}
+    storage.write_json(job.id, "transcript.json", data)
+    if not segments:
+        context.log.warning("no speech found: the export will carry the original audio only")
+    duration = info["audio_duration_s"] or 1.0
+    confidence = sum(s.confidence for s in segments) / len(segments) if segments else 0.0
+    return dg.MaterializeResult(metadata={
+        "segments": len(segments),
+        "words": words,
+        "no_speech": not segments,
+        "mean_confidence": round(confidence, 3),
+        "model": info["model"],
+        "model_load_s": info["model_load_s"],
+        "transcribe_s": info["transcribe_s"],
+        "real_time_factor": round(t.seconds / duration, 3),
+        "preview": dg.MetadataValue.text(" ".join(s.text for s in segments)[:500]),
+    })

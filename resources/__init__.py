@@ -1,0 +1,1 @@
+"""ConfigurableResources and the engines behind them (storage, ASR, translation, TTS, media, job store)."""

@@ -1,0 +1,194 @@
+"""The job store: job records (a job's inputs, keyed by its Dagster partition key).
+
+SQLAlchemy 2 with Alembic migrations; SQLite by default, Postgres when DATABASE_URL is set.
+It holds no stage status: a job's state is read from Dagster's run and event log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from resources import settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False, index=True)
+    owner: Mapped[str | None] = mapped_column(sa.String(128), nullable=True, index=True)
+    input_path: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    filename: Mapped[str] = mapped_column(sa.String(512), nullable=False)
+    source_lang: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    target_lang: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    voice: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
+    options: Mapped[str] = mapped_column(sa.Text, nullable=False, default="{}")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Per-job knobs, stored as JSON in the job record."""
+
+    tts_engine: str = "auto"  # auto | espeak | piper | xtts
+    translator: str = "auto"  # auto | apertium | argos | libretranslate | passthrough
+    container: str = "mkv"  # mkv | mp4
+    max_speed: float = 1.35
+    duck_db: float = -14.0
+    target_lufs: float = -16.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "JobOptions":
+        data = dict(data or {})
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        opts = cls(**data)
+        if opts.container not in ("mkv", "mp4"):
+            raise ValueError(f"container must be mkv or mp4, not {opts.container!r}")
+        if not 1.0 <= float(opts.max_speed) <= 2.0:
+            raise ValueError("max_speed must be between 1.0 and 2.0")
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    created_at: dt.datetime
+    input_path: str
+    filename: str
+    source_lang: str
+    target_lang: str
+    voice: str | None = None
+    owner: str | None = None
+    options: JobOptions = field(default_factory=JobOptions)
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> "JobRecord":
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            input_path=row.input_path,
+            filename=row.filename,
+            source_lang=row.source_lang,
+            target_lang=row.target_lang,
+            voice=row.voice,
+            owner=row.owner,
+            options=JobOptions.from_dict(json.loads(row.options or "{}")),
+        )
+
+
+def new_job_id() -> str:
+    """A job id is also its Dagster partition key: 128 random bits, URL- and path-safe."""
+    return "j" + secrets.token_hex(16)
+
+
+_ENGINES: dict[str, sa.Engine] = {}
+_MIGRATED: set[str] = set()
+_LOCK = threading.Lock()
+
+
+def get_engine(url: str) -> sa.Engine:
+    url = settings.normalise_db_url(url)
+    with _LOCK:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                engine = sa.create_engine(url, connect_args={"timeout": 30})
+            else:
+                engine = sa.create_engine(url, pool_pre_ping=True)
+            _ENGINES[url] = engine
+        return engine
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent, once per process and URL)."""
+    url = settings.normalise_db_url(url)
+    if url in _MIGRATED:
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = get_engine(url)
+    command.upgrade(cfg, "head")
+    _MIGRATED.add(url)
+
+
+class JobStore(dg.ConfigurableResource):
+    """Job records, read by the pipeline's assets and written by the CLI and the upload service."""
+
+    database_url: str = ""
+
+    def url(self) -> str:
+        return settings.normalise_db_url(self.database_url) if self.database_url else settings.database_url()
+
+    def engine(self) -> sa.Engine:
+        url = self.url()
+        migrate(url)
+        return get_engine(url)
+
+    def create_job(
+        self,
+        *,
+        input_path: str,
+        filename: str,
+        source_lang: str,
+        target_lang: str,
+        voice: str | None = None,
+        owner: str | None = None,
+        options: JobOptions | dict | None = None,
+        job_id: str | None = None,
+    ) -> JobRecord:
+        if isinstance(options, dict) or options is None:
+            options = JobOptions.from_dict(options)
+        job_id = job_id or new_job_id()
+        row = JobRow(
+            id=job_id,
+            created_at=dt.datetime.now(dt.timezone.utc),
+            owner=owner,
+            input_path=str(input_path),
+            filename=filename,
+            source_lang=source_lang,
+            target_lang=target_lang,
+            voice=voice,
+            options=json.dumps(options.to_dict()),
+        )
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            session.add(row)
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with sa.orm.Session(self.engine()) as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise KeyError(f"no job record for partition {job_id!r} in the job store")
+            return JobRecord.from_row(row)
+
+    def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[JobRecord]:
+        stmt = sa.select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+        if owner is not None:
+            stmt = stmt.where(JobRow.owner == owner)
+        with sa.orm.Session(self.engine()) as session:
+            return [JobRecord.from_row(r) for r in session.scalars(stmt)]

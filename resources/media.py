@@ -1,0 +1,323 @@
+"""Media tools: ffprobe/ffmpeg through ffmpeg-python over Debian's ffmpeg.
+
+Every failure raises MediaError carrying the tail of ffmpeg's stderr, never a bare exit code.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+# ISO 639-1 -> ISO 639-2/B codes used for stream language tags (and apertium mode names).
+ISO639_2 = {
+    "en": "eng", "es": "spa", "fr": "fre", "de": "ger", "it": "ita", "pt": "por", "ca": "cat",
+    "nl": "dut", "ru": "rus", "zh": "chi", "ja": "jpn", "ko": "kor", "ar": "ara", "hi": "hin",
+    "pl": "pol", "sv": "swe", "tr": "tur", "uk": "ukr", "gl": "glg", "eu": "baq", "oc": "oci",
+}
+LANGUAGE_NAMES = {
+    "en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian",
+    "pt": "Portuguese", "ca": "Catalan", "nl": "Dutch", "ru": "Russian", "zh": "Chinese",
+    "ja": "Japanese", "ko": "Korean", "ar": "Arabic", "hi": "Hindi", "pl": "Polish",
+    "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "gl": "Galician", "eu": "Basque",
+    "oc": "Occitan",
+}
+
+
+def iso639_2(lang: str) -> str:
+    return ISO639_2.get(lang.split("-")[0].lower(), "und")
+
+
+def language_name(lang: str) -> str:
+    return LANGUAGE_NAMES.get(lang.split("-")[0].lower(), lang)
+
+
+class MediaError(RuntimeError):
+    """An ffmpeg/ffprobe failure or an input that is not usable media."""
+
+
+def stderr_tail(stderr: bytes | str | None, lines: int = 6) -> str:
+    if not stderr:
+        return "(no output from ffmpeg)"
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def require_tools() -> None:
+    for tool in ("ffmpeg", "ffprobe"):
+        if shutil.which(tool) is None:
+            raise MediaError(f"{tool} is not installed; install Debian's ffmpeg (make setup does it)")
+
+
+def run(stream, what: str) -> bytes:
+    """Run an ffmpeg-python stream graph; raise MediaError with stderr's tail on failure."""
+    try:
+        _, err = stream.global_args("-hide_banner", "-nostdin").run(
+            capture_stdout=True, capture_stderr=True, overwrite_output=True
+        )
+    except ffmpeg.Error as exc:
+        raise MediaError(f"{what} failed: {stderr_tail(exc.stderr)}") from None
+    except FileNotFoundError:
+        require_tools()
+        raise
+    return err or b""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    duration: float
+    format_name: str
+    size_bytes: int
+    video: dict | None
+    audio: dict | None
+    audio_streams: int
+    raw: dict
+
+    def summary(self) -> dict:
+        out = {
+            "duration_s": round(self.duration, 3),
+            "container": self.format_name,
+            "size_bytes": self.size_bytes,
+            "audio_streams": self.audio_streams,
+            "has_video": self.video is not None,
+        }
+        if self.video:
+            out["video_codec"] = self.video.get("codec_name")
+            out["width"] = self.video.get("width")
+            out["height"] = self.video.get("height")
+        if self.audio:
+            out["audio_codec"] = self.audio.get("codec_name")
+            out["sample_rate"] = int(self.audio.get("sample_rate") or 0)
+            out["channels"] = self.audio.get("channels")
+        return out
+
+
+def probe(path: Path) -> ProbeResult:
+    """ffprobe a file and insist it is usable media: not empty, readable, with an audio stream."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"input file not found: {path.name}")
+    size = path.stat().st_size
+    if size == 0:
+        raise MediaError(f"input file {path.name} is empty (0 bytes)")
+    try:
+        info = ffmpeg.probe(str(path))
+    except ffmpeg.Error as exc:
+        raise MediaError(
+            f"{path.name} is not a readable video or audio file: {stderr_tail(exc.stderr, 3)}"
+        ) from None
+    streams = info.get("streams", [])
+    video = next(
+        (s for s in streams if s.get("codec_type") == "video"
+         and not (s.get("disposition") or {}).get("attached_pic")),
+        None,
+    )
+    audios = [s for s in streams if s.get("codec_type") == "audio"]
+    fmt = info.get("format", {})
+    duration = float(fmt.get("duration") or 0.0)
+    if not audios:
+        kind = "video" if video else "file"
+        raise MediaError(f"{path.name}: the {kind} has no audio stream, so there is no speech to dub")
+    if duration <= 0:
+        duration = float(audios[0].get("duration") or 0.0)
+    if duration <= 0:
+        raise MediaError(f"{path.name}: media duration is unknown or zero")
+    return ProbeResult(
+        duration=duration,
+        format_name=fmt.get("format_name", "?"),
+        size_bytes=size,
+        video=video,
+        audio=audios[0],
+        audio_streams=len(audios),
+        raw=info,
+    )
+
+
+def check_audio_decodes(path: Path, expected_duration: float) -> float:
+    """Decode the first audio stream completely; a truncated or corrupt file fails here rather than
+    halfway through the pipeline. Returns the decoded duration in seconds."""
+    err = run(
+        ffmpeg.input(str(path))["a:0"].output("-", format="null").global_args("-v", "error", "-stats"),
+        f"decoding the audio of {Path(path).name}",
+    )
+    text = err.decode("utf-8", "replace")
+    problems = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("size=")
+                and "time=" not in ln]
+    decoded = _last_stats_time(text)
+    if problems:
+        raise MediaError(f"{Path(path).name} is truncated or corrupt: {' | '.join(problems[-3:])}")
+    if decoded is not None and expected_duration > 2 and decoded < 0.9 * expected_duration:
+        raise MediaError(
+            f"{Path(path).name} is truncated: audio decodes to {decoded:.1f} s of {expected_duration:.1f} s"
+        )
+    return decoded if decoded is not None else expected_duration
+
+
+def _last_stats_time(stats: str) -> float | None:
+    found = re.findall(r"time=\s*(\d+):(\d+):(\d+(?:\.\d+)?)", stats)
+    if not found:
+        return None
+    h, m, s = found[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def extract_wav(src: Path, dest: Path, *, rate: int, channels: int) -> Path:
+    run(
+        ffmpeg.input(str(src))["a:0"].output(
+            str(dest), acodec="pcm_s16le", ac=channels, ar=rate
+        ),
+        f"extracting audio to {dest.name}",
+    )
+    return dest
+
+
+def retime_wav(src: Path, dest: Path, *, tempo: float, rate: int) -> Path:
+    """Resample to `rate` mono and speed up by `tempo` (atempo keeps pitch)."""
+    stream = ffmpeg.input(str(src)).audio
+    if abs(tempo - 1.0) > 1e-3:
+        remaining = tempo
+        while remaining > 2.0:  # atempo takes 0.5..2 per instance
+            stream = stream.filter("atempo", 2.0)
+            remaining /= 2.0
+        stream = stream.filter("atempo", f"{remaining:.5f}")
+    run(stream.output(str(dest), acodec="pcm_s16le", ac=1, ar=rate), f"retiming {Path(src).name}")
+    return dest
+
+
+def wav_duration(path: Path) -> float:
+    with wave.open(str(path), "rb") as w:
+        return w.getnframes() / float(w.getframerate())
+
+
+def read_wav_mono(path: Path) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV as float32 samples in [-1, 1] (mono: channels averaged)."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise MediaError(f"{Path(path).name}: expected 16-bit PCM")
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+        ch = w.getnchannels()
+        rate = w.getframerate()
+    if ch > 1:
+        data = data.reshape(-1, ch).mean(axis=1)
+    return data, rate
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """Write float samples ([-1, 1], shape (n,) or (n, ch)) as 16-bit PCM."""
+    arr = np.asarray(samples, dtype=np.float32)
+    channels = 1 if arr.ndim == 1 else arr.shape[1]
+    pcm = (np.clip(arr, -1.0, 1.0) * 32767.0).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+@dataclass(frozen=True)
+class Loudness:
+    integrated_lufs: float
+    lra: float
+    true_peak_dbfs: float
+
+
+def measure_loudness(path: Path) -> Loudness:
+    """EBU R128 integrated loudness, loudness range and true peak, measured by ffmpeg's ebur128."""
+    err = run(
+        ffmpeg.input(str(path)).audio.filter("ebur128", peak="true", framelog="verbose")
+        .output("-", format="null"),
+        f"measuring loudness of {Path(path).name}",
+    ).decode("utf-8", "replace")
+    summary = err[err.rfind("Summary:"):] if "Summary:" in err else err
+
+    def grab(pattern: str, default: float) -> float:
+        m = re.search(pattern, summary)
+        return float(m.group(1)) if m else default
+
+    return Loudness(
+        integrated_lufs=grab(r"I:\s+(-?[\d.]+|-inf) LUFS", -70.0) if "I:" in summary else -70.0,
+        lra=grab(r"LRA:\s+(-?[\d.]+) LU", 0.0),
+        true_peak_dbfs=grab(r"Peak:\s+(-?[\d.]+|-inf) dBFS", -70.0),
+    )
+
+
+def encode_audio(src: Path, dest: Path, *, gain_db: float, codec: str = "aac",
+                 bitrate: str = "192k", limit_db: float = -1.0) -> Path:
+    """Apply a gain, a peak limiter at `limit_db`, and encode."""
+    limit = 10 ** (limit_db / 20.0)
+    stream = (
+        ffmpeg.input(str(src)).audio
+        .filter("volume", f"{gain_db:.2f}dB")
+        .filter("alimiter", limit=f"{limit:.4f}", level="disabled", attack=5, release=50)
+    )
+    run(stream.output(str(dest), acodec=codec, audio_bitrate=bitrate), f"encoding {Path(dest).name}")
+    return dest
+
+
+def media_streams(path: Path) -> list[dict]:
+    try:
+        return ffmpeg.probe(str(path)).get("streams", [])
+    except ffmpeg.Error as exc:
+        raise MediaError(f"probing {Path(path).name} failed: {stderr_tail(exc.stderr)}") from None
+
+
+MP4_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
+MP4_VIDEO_CODECS = {"h264", "hevc", "av1", "vp9", "mpeg4"}
+
+
+@dataclass(frozen=True)
+class Track:
+    path: Path
+    lang: str  # ISO 639-1
+    title: str
+
+
+def mux(source: Path, out: Path, *, has_video: bool, source_lang: str, original_codec: str,
+        video_codec: str | None, dub: Track | None, subtitles: list[Track], container: str = "mkv") -> Path:
+    """The export: video stream copied; the dubbed track first and default, the original track
+    second; subtitle streams; ISO 639-2 language tags and titles on every stream."""
+    src = ffmpeg.input(str(source))
+    streams, opts = [], {}
+    index = 0
+    if has_video:
+        streams.append(src["v:0"])
+        vcopy = container == "mkv" or (video_codec or "") in MP4_VIDEO_CODECS
+        opts["c:v"] = "copy" if vcopy else "libx264"
+        opts["metadata:s:v:0"] = f"language={iso639_2(source_lang)}"
+        opts[f"metadata:s:{index}"] = "title=Video"
+        index += 1
+    audio_i = 0
+    if dub is not None:
+        streams.append(ffmpeg.input(str(dub.path))["a:0"])
+        opts[f"c:a:{audio_i}"] = "copy"
+        opts[f"metadata:s:a:{audio_i}"] = f"language={iso639_2(dub.lang)}"
+        opts[f"metadata:s:{index}"] = f"title={dub.title}"
+        opts[f"disposition:a:{audio_i}"] = "default"
+        audio_i += 1
+        index += 1
+    streams.append(src["a:0"])
+    keep = container == "mkv" or original_codec in MP4_AUDIO_CODECS
+    opts[f"c:a:{audio_i}"] = "copy" if keep else "aac"
+    opts[f"metadata:s:a:{audio_i}"] = f"language={iso639_2(source_lang)}"
+    opts[f"metadata:s:{index}"] = f"title={language_name(source_lang)} (original)"
+    opts[f"disposition:a:{audio_i}"] = "default" if dub is None else "0"
+    index += 1
+    for sub_i, sub in enumerate(subtitles):
+        streams.append(ffmpeg.input(str(sub.path))["s:0"])
+        opts[f"metadata:s:s:{sub_i}"] = f"language={iso639_2(sub.lang)}"
+        opts[f"metadata:s:{index}"] = f"title={sub.title}"
+        opts[f"disposition:s:{sub_i}"] = "0"
+        index += 1
+    if subtitles:
+        opts["c:s"] = "srt" if container == "mkv" else "mov_text"
+    if container == "mp4":
+        opts["movflags"] = "+faststart"
+    run(ffmpeg.output(*streams, str(out), **opts), f"writing {Path(out).name}")
+    return out

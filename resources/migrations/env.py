@@ -1,0 +1,13 @@
+"""Alembic environment for the job store. The engine is handed in by resources.jobstore.migrate."""
+
+from alembic import context
+
+from resources.jobstore import Base
+
+config = context.config
+engine = config.attributes["engine"]
+
+with engine.begin() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,34 @@
+"""job records
+
+Revision ID: 0001_jobs
+Revises:
+Create Date: 2026-11-25
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001_jobs"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "jobs",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("owner", sa.String(128), nullable=True),
+        sa.Column("input_path", sa.Text, nullable=False),
+        sa.Column("filename", sa.String(512), nullable=False),
+        sa.Column("source_lang", sa.String(16), nullable=False),
+        sa.Column("target_lang", sa.String(16), nullable=False),
+        sa.Column("voice", sa.String(256), nullable=True),
+        sa.Column("options", sa.Text, nullable=False, server_default="{}"),
+    )
+    op.create_index("ix_jobs_owner", "jobs", ["owner"])
+    op.create_index("ix_jobs_created_at", "jobs", ["created_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("jobs")

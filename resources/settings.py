@@ -1,0 +1,39 @@
+"""Process settings read from the environment, with the embedded defaults in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Root of local file storage (uploads, stage artifacts, outputs)."""
+    return Path(os.environ.get("DUBBING_DATA_DIR") or PROJECT_ROOT / "var" / "data").resolve()
+
+
+def database_url() -> str:
+    """Job store URL: DATABASE_URL, or a SQLite file under the data dir."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if url:
+        return normalise_db_url(url)
+    return f"sqlite:///{data_dir() / 'jobs.db'}"
+
+
+def normalise_db_url(url: str) -> str:
+    """SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship psycopg2."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare):]
+    return url
+
+
+def env_or(name: str, default):
+    """A resource field value: dg.EnvVar when the variable is set (resolved at run time, hidden in
+    the UI), else the embedded default."""
+    if os.environ.get(name, "") != "":
+        return dg.EnvVar(name)
+    return default

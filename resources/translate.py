@@ -1,0 +1,196 @@
+"""Machine translation behind one small interface (`Translator.translate`), with small backends:
+apertium (offline, Debian), argostranslate (when its language packages are installed),
+LibreTranslate over HTTP, and passthrough when source and target languages match."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Protocol
+
+import dagster as dg
+import httpx
+
+APERTIUM_MODES_DIR = Path("/usr/share/apertium/modes")
+# ISO 639-1 -> apertium's ISO 639-3 mode codes.
+APERTIUM_CODES = {
+    "en": "eng", "es": "spa", "fr": "fra", "ca": "cat", "pt": "por", "it": "ita", "de": "deu",
+    "gl": "glg", "eu": "eus", "oc": "oci", "ro": "ron", "nl": "nld", "sv": "swe", "da": "dan",
+    "nb": "nob", "nn": "nno", "eo": "epo", "cy": "cym", "br": "bre", "ar": "ara",
+}
+
+
+class TranslationError(RuntimeError):
+    pass
+
+
+class Translator(Protocol):
+    name: str
+
+    def translate(self, texts: list[str], source: str, target: str) -> list[str]: ...
+
+
+def _base(lang: str) -> str:
+    return lang.split("-")[0].lower()
+
+
+class Passthrough:
+    name = "passthrough"
+
+    def translate(self, texts, source, target):
+        return list(texts)
+
+
+class Apertium:
+    name = "apertium"
+
+    @staticmethod
+    def mode(source: str, target: str) -> str | None:
+        s, t = APERTIUM_CODES.get(_base(source)), APERTIUM_CODES.get(_base(target))
+        if not s or not t:
+            return None
+        return f"{s}-{t}"
+
+    @classmethod
+    def installed_modes(cls) -> list[str]:
+        if shutil.which("apertium") is None or not APERTIUM_MODES_DIR.is_dir():
+            return []
+        return sorted(p.stem for p in APERTIUM_MODES_DIR.glob("*.mode"))
+
+    @classmethod
+    def supports(cls, source: str, target: str) -> bool:
+        mode = cls.mode(source, target)
+        return mode is not None and mode in cls.installed_modes()
+
+    def translate(self, texts, source, target):
+        mode = self.mode(source, target)
+        if mode is None or mode not in self.installed_modes():
+            raise TranslationError(
+                f"apertium has no {source}->{target} pair installed "
+                f"(installed: {', '.join(self.installed_modes()) or 'none'}); "
+                f"install the Debian package apertium-{mode or 'xxx-yyy'}"
+            )
+        if not texts:
+            return []
+        lines = [" ".join(t.split()) for t in texts]  # one segment per line, no inner newlines
+        out = self._run(mode, lines)
+        if len(out) != len(lines):  # should not happen; never misalign segments
+            out = [self._run(mode, [ln])[0] if ln else "" for ln in lines]
+        return [self._clean(o) for o in out]
+
+    @staticmethod
+    def _run(mode: str, lines: list[str]) -> list[str]:
+        proc = subprocess.run(
+            ["apertium", "-u", mode], input="\n".join(lines) + "\n", capture_output=True,
+            text=True, timeout=600,
+        )
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise TranslationError(f"apertium {mode} failed (exit {proc.returncode}): {tail}")
+        return proc.stdout.rstrip("\n").split("\n") if lines else []
+
+    @staticmethod
+    def _clean(text: str) -> str:
+        # '#' marks a word apertium could not generate, '@' one it could not transfer.
+        return " ".join(w.lstrip("#@") for w in text.split())
+
+
+class Argos:
+    name = "argos"
+
+    @staticmethod
+    def installed() -> bool:
+        return importlib.util.find_spec("argostranslate") is not None
+
+    @classmethod
+    def supports(cls, source: str, target: str) -> bool:
+        if not cls.installed():
+            return False
+        try:
+            import argostranslate.translate as at  # loads no model until translate()
+
+            langs = {lang.code: lang for lang in at.get_installed_languages()}
+            src, tgt = langs.get(_base(source)), langs.get(_base(target))
+            return bool(src and tgt and src.get_translation(tgt))
+        except Exception:
+            return False
+
+    def translate(self, texts, source, target):
+        if not self.supports(source, target):
+            raise TranslationError(
+                f"argostranslate has no installed {source}->{target} package; install one with "
+                "argospm (needs egress) or use another backend"
+            )
+        import argostranslate.translate as at
+
+        return [at.translate(t, _base(source), _base(target)) for t in texts]
+
+
+class LibreTranslate:
+    name = "libretranslate"
+
+    def __init__(self, url: str, api_key: str = "", timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def translate(self, texts, source, target):
+        if not texts:
+            return []
+        body = {"q": list(texts), "source": _base(source), "target": _base(target), "format": "text"}
+        if self.api_key:
+            body["api_key"] = self.api_key
+        try:
+            resp = httpx.post(f"{self.url}/translate", json=body, timeout=self.timeout)
+        except httpx.HTTPError as exc:
+            raise TranslationError(f"LibreTranslate is unreachable: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            try:
+                reason = resp.json().get("error", "")
+            except ValueError:
+                reason = ""
+            raise TranslationError(f"LibreTranslate answered {resp.status_code}: {reason[:200]}")
+        out = resp.json().get("translatedText")
+        if isinstance(out, str):
+            out = [out]
+        if not isinstance(out, list) or len(out) != len(texts):
+            raise TranslationError("LibreTranslate returned a different number of segments")
+        return [str(o) for o in out]
+
+
+class TranslatorResource(dg.ConfigurableResource):
+    """Chooses the translation backend. backend=auto picks passthrough for same-language jobs,
+    then apertium, then argostranslate, then LibreTranslate when a URL is configured."""
+
+    backend: str = "auto"
+    libretranslate_url: str = ""
+    libretranslate_api_key: str = ""
+
+    def choose(self, source: str, target: str, requested: str = "auto") -> Translator:
+        backend = requested if requested and requested != "auto" else self.backend
+        if backend == "auto":
+            if _base(source) == _base(target):
+                return Passthrough()
+            if Apertium.supports(source, target):
+                return Apertium()
+            if Argos.supports(source, target):
+                return Argos()
+            if self.libretranslate_url:
+                return LibreTranslate(self.libretranslate_url, self.libretranslate_api_key)
+            raise TranslationError(
+                f"no translation backend for {source}->{target}: install the apertium pair, an "
+                "argostranslate package, or set LIBRETRANSLATE_URL"
+            )
+        if backend == "passthrough":
+            return Passthrough()
+        if backend == "apertium":
+            return Apertium()
+        if backend == "argos":
+            return Argos()
+        if backend == "libretranslate":
+            if not self.libretranslate_url:
+                raise TranslationError("translator libretranslate needs LIBRETRANSLATE_URL")
+            return LibreTranslate(self.libretranslate_url, self.libretranslate_api_key)
+        raise TranslationError(f"unknown translation backend {backend!r}")

