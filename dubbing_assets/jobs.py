@@ -1,6 +1,5 @@
 import dagster as dg
 
-from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.stage import GROUP
 
 # In-process executor: all stages of a run share one process, so each engine's model is loaded
@@ -8,7 +7,6 @@ from dubbing_assets.stage import GROUP
 dub_job = dg.define_asset_job(
     "dub_job",
     selection=dg.AssetSelection.groups(GROUP),
-    partitions_def=dub_jobs,
     executor_def=dg.in_process_executor,
     description="Dub one job (one dynamic partition): source -> audio -> transcript -> translation "
                 "-> dubbed speech -> mix -> export.",

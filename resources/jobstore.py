@@ -28,7 +28,7 @@ class Base(DeclarativeBase):
 
 
 class JobRow(Base):
-    __tablename__ = "jobs"
+    __tablename__ = "dub_jobs"  # prefixed: Dagster has its own "jobs" table in a shared database
 
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False, index=True)

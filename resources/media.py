@@ -41,10 +41,13 @@ class MediaError(RuntimeError):
     """An ffmpeg/ffprobe failure or an input that is not usable media."""
 
 
-def stderr_tail(stderr: bytes | str | None, lines: int = 6) -> str:
+def stderr_tail(stderr: bytes | str | None, lines: int = 6, hide: Path | None = None) -> str:
+    """The last lines of ffmpeg's stderr, joined on one line; `hide`'s folder is not shown."""
     if not stderr:
         return "(no output from ffmpeg)"
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    if hide is not None:
+        text = text.replace(str(hide), hide.name)
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])
 
@@ -107,10 +110,10 @@ def probe(path: Path) -> ProbeResult:
     if size == 0:
         raise MediaError(f"input file {path.name} is empty (0 bytes)")
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(str(path), v="error")
     except ffmpeg.Error as exc:
         raise MediaError(
-            f"{path.name} is not a readable video or audio file: {stderr_tail(exc.stderr, 3)}"
+            f"{path.name} is not a readable video or audio file: {stderr_tail(exc.stderr, 3, path)}"
         ) from None
     streams = info.get("streams", [])
     video = next(
@@ -263,7 +266,7 @@ def encode_audio(src: Path, dest: Path, *, gain_db: float, codec: str = "aac",
 
 def media_streams(path: Path) -> list[dict]:
     try:
-        return ffmpeg.probe(str(path)).get("streams", [])
+        return ffmpeg.probe(str(path), v="error").get("streams", [])
     except ffmpeg.Error as exc:
         raise MediaError(f"probing {Path(path).name} failed: {stderr_tail(exc.stderr)}") from None
 

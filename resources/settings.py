@@ -15,6 +15,23 @@ def data_dir() -> Path:
     return Path(os.environ.get("DUBBING_DATA_DIR") or PROJECT_ROOT / "var" / "data").resolve()
 
 
+def dagster_home() -> Path:
+    """DAGSTER_HOME, or the embedded default under var/."""
+    return Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / "var" / "dagster_home").resolve()
+
+
+def ensure_dagster_home() -> Path:
+    """Create the local DAGSTER_HOME with the embedded (SQLite) instance config when it has none,
+    and point this process at it."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text((Path(__file__).with_name("dagster_embedded.yaml")).read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
 def database_url() -> str:
     """Job store URL: DATABASE_URL, or a SQLite file under the data dir."""
     url = os.environ.get("DATABASE_URL", "").strip()

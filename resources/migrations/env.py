@@ -8,6 +8,8 @@ config = context.config
 engine = config.attributes["engine"]
 
 with engine.begin() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    # Own version table: the job store may share a database with Dagster, which uses alembic_version.
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                      version_table="dubbing_alembic_version")
     with context.begin_transaction():
         context.run_migrations()

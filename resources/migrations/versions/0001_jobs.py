@@ -15,7 +15,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "jobs",
+        "dub_jobs",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("owner", sa.String(128), nullable=True),
@@ -26,9 +26,9 @@ def upgrade() -> None:
         sa.Column("voice", sa.String(256), nullable=True),
         sa.Column("options", sa.Text, nullable=False, server_default="{}"),
     )
-    op.create_index("ix_jobs_owner", "jobs", ["owner"])
-    op.create_index("ix_jobs_created_at", "jobs", ["created_at"])
+    op.create_index("ix_dub_jobs_owner", "dub_jobs", ["owner"])
+    op.create_index("ix_dub_jobs_created_at", "dub_jobs", ["created_at"])
 
 
 def downgrade() -> None:
-    op.drop_table("jobs")
+    op.drop_table("dub_jobs")

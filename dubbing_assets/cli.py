@@ -1,0 +1,206 @@
+"""`dubbing`: the command line.
+
+    dubbing init                         set up the local instance, data folder and job store
+    dubbing dub INPUT --to es [--from en] [--out DIR] [--voice V] [--tts E] [--container mkv|mp4]
+
+`dub` runs the dub job for one local file through Dagster (a real instance: DAGSTER_HOME, or the
+embedded default under var/), shows a progress bar per stage, and prints the output paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+PROGRESS_RE = re.compile(r"^progress (\d+)/(\d+) ?(.*)$")
+
+
+class CliError(Exception):
+    """A one-line reason for a non-zero exit."""
+
+
+def _init(quiet: bool = False) -> None:
+    from resources import media, settings
+    from resources.jobstore import JobStore
+
+    home = settings.ensure_dagster_home()
+    data = settings.data_dir()
+    data.mkdir(parents=True, exist_ok=True)
+    JobStore().engine()  # creates/migrates the job store
+    media.require_tools()
+    if not quiet:
+        print(f"DAGSTER_HOME={home}\nDUBBING_DATA_DIR={data}\njob store: {_safe_url(settings.database_url())}")
+
+
+def _safe_url(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+class StageProgress:
+    """Polls the run's event log and draws one tqdm bar per stage."""
+
+    def __init__(self, instance, run_id: str, stages: list[str], stream=sys.stderr):
+        self.instance, self.run_id, self.stages, self.stream = instance, run_id, stages, stream
+        self.cursor = None
+        self.bars: dict[str, object] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self._poll()
+        for bar in self.bars.values():
+            bar.close()
+
+    def _bar(self, step: str):
+        from tqdm import tqdm
+
+        if step not in self.bars:
+            for other in self.bars.values():  # stages run one after another: one live bar
+                other.close()
+            n = self.stages.index(step) + 1 if step in self.stages else 0
+            self.bars[step] = tqdm(total=1, desc=f"[{n}/{len(self.stages)}] {step:<15}", file=self.stream,
+                                   bar_format="{desc} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} "
+                                              "{postfix} [{elapsed}]", leave=True, dynamic_ncols=False)
+        return self.bars[step]
+
+    def _loop(self):
+        while not self.stop.is_set():
+            self._poll()
+            self.stop.wait(0.3)
+
+    def _poll(self):
+        try:
+            conn = self.instance.get_records_for_run(self.run_id, cursor=self.cursor, limit=500)
+        except Exception:
+            return
+        self.cursor = conn.cursor
+        for record in conn.records:
+            entry = record.event_log_entry
+            step = entry.step_key
+            if not step:
+                continue
+            event = entry.dagster_event
+            kind = event.event_type_value if event else None
+            if kind == "STEP_START":
+                self._bar(step).set_postfix_str("running")
+            elif kind == "STEP_SUCCESS":
+                bar = self._bar(step)
+                bar.n = bar.total
+                bar.set_postfix_str("done")
+                bar.close()
+            elif kind == "STEP_FAILURE":
+                bar = self._bar(step)
+                bar.set_postfix_str("FAILED")
+                bar.close()
+            elif event is None:
+                m = PROGRESS_RE.match(entry.user_message or "")
+                if m:
+                    bar = self._bar(step)
+                    bar.total = max(1, int(m.group(2)))
+                    bar.n = min(int(m.group(1)), bar.total)
+                    bar.unit = m.group(3)
+                    bar.refresh()
+
+
+def failure_reason(result) -> str:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error:
+                return f"{event.step_key}: {data.error.message.strip().splitlines()[-1]}"
+    return "the run failed (see the Dagster UI for its log)"
+
+
+def dub(args: argparse.Namespace) -> int:
+    src = Path(args.input).expanduser()
+    if not src.is_file():
+        raise CliError(f"input file not found: {args.input}")
+    for flag, value in (("--to", args.to), ("--from", args.source)):
+        if not LANG_RE.match(value):
+            raise CliError(f"{flag} {value!r} is not a language code like 'es' or 'pt-BR'")
+    options = {"container": args.container}
+    if args.tts:
+        options["tts_engine"] = args.tts
+    if args.translator:
+        options["translator"] = args.translator
+
+    _init(quiet=True)
+    import dagster as dg
+    from dagster._core.utils import make_new_run_id
+
+    from dubbing_assets.definitions import defs
+    from dubbing_assets.jobs import STAGES
+    from dubbing_assets.partitions import dub_jobs
+    from resources.jobstore import JobStore
+    from resources.storage import MediaStorage
+
+    store = JobStore()
+    job = store.create_job(input_path=str(src.resolve()), filename=src.name, source_lang=args.source,
+                           target_lang=args.to, voice=args.voice, owner=None, options=options)
+    instance = dg.DagsterInstance.get()
+    instance.add_dynamic_partitions(dub_jobs.name, [job.id])
+    run_id = make_new_run_id()
+    print(f"job {job.id}: {src.name} {args.source} -> {args.to} (run {run_id})", file=sys.stderr)
+    started = time.perf_counter()
+    with StageProgress(instance, run_id, STAGES):
+        result = defs.resolve_job_def("dub_job").execute_in_process(
+            instance=instance, partition_key=job.id, run_id=run_id, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            tags={"dubbing/job_id": job.id, "dubbing/origin": "cli"},
+        )
+    if not result.success:
+        raise CliError(failure_reason(result))
+    outputs = sorted(p for p in MediaStorage().outputs_dir(job.id).iterdir() if not p.name.startswith("."))
+    if args.out:
+        dest = Path(args.out).expanduser()
+        dest.mkdir(parents=True, exist_ok=True)
+        outputs = [Path(shutil.copy2(p, dest / p.name)) for p in outputs]
+    print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    for path in outputs:
+        print(path.resolve())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dubbing", description="Self-hosted video dubbing on Dagster.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", help="set up the local Dagster instance, data folder and job store")
+    p = sub.add_parser("dub", help="dub one local video or audio file")
+    p.add_argument("input", help="video or audio file")
+    p.add_argument("--to", required=True, help="target language, e.g. es")
+    p.add_argument("--from", dest="source", default="en", help="source language (default en)")
+    p.add_argument("--out", help="copy the outputs into this folder")
+    p.add_argument("--voice", help="voice, e.g. espeak:es or piper:en_US-joe-medium")
+    p.add_argument("--tts", choices=["auto", "espeak", "piper", "xtts"], help="TTS engine")
+    p.add_argument("--translator", choices=["auto", "apertium", "argos", "libretranslate", "passthrough"])
+    p.add_argument("--container", choices=["mkv", "mp4"], default="mkv")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "init":
+            _init()
+            return 0
+        return dub(args)
+    except CliError as exc:
+        print(f"dubbing: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dubbing: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

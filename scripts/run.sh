@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Starts the whole stack on the embedded default (SQLite Dagster instance, local file storage):
+# dagster-daemon and dagster-webserver. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/var/dagster_home}"
+export DUBBING_DATA_DIR="${DUBBING_DATA_DIR:-$PWD/var/data}"
+HOST="${DAGSTER_HOST:-127.0.0.1}"
+PORT="${DAGSTER_PORT:-3000}"
+LOGS="${DUBBING_LOG_DIR:-$PWD/var/log}"
+BIN="$PWD/.venv/bin"
+mkdir -p "$LOGS"
+
+port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+if port_busy "$HOST" "$PORT"; then
+  echo "error: $HOST:$PORT is already in use; stop what runs there or set DAGSTER_PORT=<free port>" >&2
+  exit 1
+fi
+
+"$BIN/dubbing" init >/dev/null
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+"$BIN/dagster-daemon" run -w workspace.yaml >"$LOGS/dagster-daemon.log" 2>&1 &
+pids+=($!)
+"$BIN/dagster-webserver" -h "$HOST" -p "$PORT" -w workspace.yaml >"$LOGS/dagster-webserver.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 120); do
+  if "$BIN/python" - "$HOST" "$PORT" <<'PY' 2>/dev/null; then break; fi
+import sys, urllib.request
+urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/server_info", timeout=2)
+PY
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "error: a Dagster process exited; see $LOGS" >&2; tail -n 20 "$LOGS"/*.log >&2; exit 1; }
+  done
+  sleep 1
+done
+
+cat <<MSG
+dubbing platform is up (embedded instance: SQLite in $DAGSTER_HOME, files in $DUBBING_DATA_DIR)
+  Dagster UI:  http://$HOST:$PORT
+  logs:        $LOGS
+  dub a file:  .venv/bin/dubbing dub VIDEO --to es
+Ctrl-C stops it.
+MSG
+wait -n "${pids[@]}"
+echo "error: a Dagster process exited; see $LOGS" >&2
+exit 1
