@@ -14,17 +14,22 @@ from dubbing_assets import (
 from dubbing_assets.jobs import dub_job
 from dubbing_assets.resources import build_defs
 
-stage_defs = dg.Definitions(
-    assets=[
-        source_media.source_media,
-        extracted_audio.extracted_audio,
-        transcript.transcript,
-        translation.translation,
-        dubbed_speech.dubbed_speech,
-        dubbed_mix.dubbed_mix,
-        dubbed_video.dubbed_video,
-    ],
-    jobs=[dub_job],
-)
 
-defs = dg.Definitions.merge(stage_defs, build_defs())
+
+def stage_defs() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[
+            source_media.source_media,
+            extracted_audio.extracted_audio,
+            transcript.transcript,
+            translation.translation,
+            dubbed_speech.dubbed_speech,
+            dubbed_mix.dubbed_mix,
+            dubbed_video.dubbed_video,
+        ],
+        jobs=[dub_job],
+    )
+
+
+# Only one Definitions object may live at module scope: the merged one.
+defs = dg.Definitions.merge(stage_defs(), build_defs())

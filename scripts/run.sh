@@ -31,16 +31,30 @@ pids+=($!)
 "$BIN/dagster-webserver" -h "$HOST" -p "$PORT" -w workspace.yaml >"$LOGS/dagster-webserver.log" 2>&1 &
 pids+=($!)
 
-for _ in $(seq 1 120); do
-  if "$BIN/python" - "$HOST" "$PORT" <<'PY' 2>/dev/null; then break; fi
-import sys, urllib.request
-urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/server_info", timeout=2)
+up=""
+for _ in $(seq 1 180); do
+  rc=0
+  "$BIN/python" - "$HOST" "$PORT" <<'PY' 2>"$LOGS/.probe" || rc=$?
+import json, sys, urllib.request
+query = '{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }'
+req = urllib.request.Request(f"http://{sys.argv[1]}:{sys.argv[2]}/graphql", data=json.dumps({"query": query}).encode(),
+                             headers={"Content-Type": "application/json"})
+entries = json.load(urllib.request.urlopen(req, timeout=5))["data"]["workspaceOrError"]["locationEntries"]
+if not entries or any(e["loadStatus"] != "LOADED" for e in entries):
+    sys.exit(1)  # still loading
+errors = [e for e in entries if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"]
+if errors:
+    print("error: the code location failed to load: " + errors[0]["locationOrLoadError"]["message"].strip(), file=sys.stderr)
+    sys.exit(2)
 PY
+  [ "$rc" -eq 0 ] && { up=1; break; }
+  [ "$rc" -eq 2 ] && { cat "$LOGS/.probe" >&2; exit 1; }
   for pid in "${pids[@]}"; do
     kill -0 "$pid" 2>/dev/null || { echo "error: a Dagster process exited; see $LOGS" >&2; tail -n 20 "$LOGS"/*.log >&2; exit 1; }
   done
   sleep 1
 done
+[ -n "$up" ] || { echo "error: the Dagster webserver did not come up in 180 s; see $LOGS" >&2; exit 1; }
 
 cat <<MSG
 dubbing platform is up (embedded instance: SQLite in $DAGSTER_HOME, files in $DUBBING_DATA_DIR)
