@@ -45,7 +45,9 @@ def plan_slot(start: float, end: float, natural_s: float, next_start: float,
               max_speed: float) -> tuple[float, float, bool]:
     """(speed, placed duration, truncated) for speech of `natural_s` seconds in [start, end),
     allowed to run on to `next_start` - GAP_S."""
-    available = max(0.05, next_start - GAP_S - start)
+    available = next_start - GAP_S - start
+    if available <= 0:  # the next segment starts within GAP_S of this one: no room to speak at all
+        return 1.0, 0.0, natural_s > 0
     if natural_s <= available:
         return 1.0, natural_s, False
     speed = min(natural_s / available, max_speed)

@@ -112,3 +112,16 @@ def test_whole_job_on_postgres_instance_with_piper_speech(piper_video, pg_url, m
 
     with sa.create_engine(pg_url).connect() as conn:
         assert conn.execute(sa.text("select count(*) from dub_jobs where id = :i"), {"i": job.id}).scalar() == 1
+
+
+@pytest.mark.slow
+def test_mp4_container_option(espeak_video, tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job, result = run_dub(instance, espeak_video, options={"container": "mp4"})
+    assert result.success
+    out = storage().outputs_dir(job.id) / "talk_espeak.es.mp4"
+    info = ffprobe_streams(out)
+    assert [s["codec_type"] for s in info["streams"]] == ["video", "audio", "audio", "subtitle", "subtitle"]
+    assert [s["codec_name"] for s in info["streams"]] == ["h264", "aac", "aac", "mov_text", "mov_text"]
+    assert [s["tags"]["language"] for s in info["streams"][1:]] == ["spa", "eng", "spa", "eng"]
+    assert info["streams"][1]["disposition"]["default"] == 1
