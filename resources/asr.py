@@ -50,8 +50,8 @@ SENTENCE_END = (".", "?", "!", "。", "？", "！")
 def split_at_pauses(words: list[Word], sentence_gap: float = 0.25, pause_gap: float = 0.7,
                     max_len: float = 15.0) -> list[list[Word]]:
     """Whisper segments often run several sentences together. For dubbing, a segment should be one
-    utterance: split after a sentence end followed by a pause, at any long pause, and before a
-    segment grows past max_len seconds (at the widest gap)."""
+    utterance: split after a sentence end followed by a pause, at any long pause, and before the
+    word that would make a segment longer than max_len seconds."""
     groups: list[list[Word]] = []
     current: list[Word] = []
     for word in words:
@@ -84,9 +84,9 @@ def resolve_model(model: str) -> tuple[str, bool]:
         if not (path / "model.bin").exists():
             raise AsrError(f"{path.name}: not a CTranslate2 Whisper model folder (no model.bin)")
         return str(path), path.name.endswith(".en")
-    if os.sep in model or model.startswith("."):
+    if model.startswith(("/", ".", "~")):
         raise AsrError(f"ASR model folder {path.name} not found; set ASR_MODEL to an existing path")
-    return model, model.endswith(".en")
+    return model, model.endswith(".en")  # a name: "small", or a hub id like "Systran/faster-whisper-small"
 
 
 class AsrResource(dg.ConfigurableResource):

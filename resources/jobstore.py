@@ -41,6 +41,10 @@ class JobRow(Base):
     options: Mapped[str] = mapped_column(sa.Text, nullable=False, default="{}")
 
 
+TTS_ENGINES = ("auto", "espeak", "piper", "xtts")
+TRANSLATORS = ("auto", "apertium", "argos", "libretranslate", "passthrough")
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """Per-job knobs, stored as JSON in the job record."""
@@ -59,7 +63,17 @@ class JobOptions:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown job option(s): {', '.join(sorted(unknown))}")
+        for key in ("max_speed", "duck_db", "target_lufs"):
+            if key in data:
+                try:
+                    data[key] = float(data[key])
+                except (TypeError, ValueError):
+                    raise ValueError(f"{key} must be a number, not {data[key]!r}") from None
         opts = cls(**data)
+        if opts.tts_engine not in TTS_ENGINES:
+            raise ValueError(f"tts_engine must be one of {', '.join(TTS_ENGINES)}, not {opts.tts_engine!r}")
+        if opts.translator not in TRANSLATORS:
+            raise ValueError(f"translator must be one of {', '.join(TRANSLATORS)}, not {opts.translator!r}")
         if opts.container not in ("mkv", "mp4"):
             raise ValueError(f"container must be mkv or mp4, not {opts.container!r}")
         if not 1.0 <= float(opts.max_speed) <= 2.0:
@@ -84,9 +98,12 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: JobRow) -> "JobRecord":
+        created = row.created_at
+        if created.tzinfo is None:  # SQLite keeps no zone; we always store UTC
+            created = created.replace(tzinfo=dt.timezone.utc)
         return cls(
             id=row.id,
-            created_at=row.created_at,
+            created_at=created,
             input_path=row.input_path,
             filename=row.filename,
             source_lang=row.source_lang,

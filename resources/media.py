@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +42,19 @@ class MediaError(RuntimeError):
     """An ffmpeg/ffprobe failure or an input that is not usable media."""
 
 
-def stderr_tail(stderr: bytes | str | None, lines: int = 6, hide: Path | None = None) -> str:
-    """The last lines of ffmpeg's stderr, joined on one line; `hide`'s folder is not shown."""
+_FOLDERS = re.compile(r"(?:/[^/\s'\":]+)+/(?=[^/\s'\":]+)")
+
+
+def stderr_tail(stderr: bytes | str | None, lines: int = 6, paths: list[str] = ()) -> str:
+    """The last lines of ffmpeg's stderr, joined on one line, with folders stripped from `paths`
+    (the command's files, which may hold spaces) and from any other absolute path: messages reach
+    users; server paths do not."""
     if not stderr:
         return "(no output from ffmpeg)"
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
-    if hide is not None:
-        text = text.replace(str(hide), hide.name)
+    for path in sorted((p for p in paths if p.startswith("/")), key=len, reverse=True):
+        text = text.replace(path, Path(path).name)
+    text = _FOLDERS.sub("", text)
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])
 
@@ -59,17 +66,18 @@ def require_tools() -> None:
 
 
 def run(stream, what: str) -> bytes:
-    """Run an ffmpeg-python stream graph; raise MediaError with stderr's tail on failure."""
+    """Run an ffmpeg-python stream graph; raise MediaError with stderr's tail on failure.
+    Returns stderr (ffmpeg's reports, e.g. ebur128's summary)."""
+    args = ffmpeg.compile(stream, overwrite_output=True)
+    args[1:1] = ["-hide_banner", "-nostdin"]  # before the inputs, where ffmpeg reads them
     try:
-        _, err = stream.global_args("-hide_banner", "-nostdin").run(
-            capture_stdout=True, capture_stderr=True, overwrite_output=True
-        )
-    except ffmpeg.Error as exc:
-        raise MediaError(f"{what} failed: {stderr_tail(exc.stderr)}") from None
+        proc = subprocess.run(args, capture_output=True)
     except FileNotFoundError:
         require_tools()
         raise
-    return err or b""
+    if proc.returncode != 0:
+        raise MediaError(f"{what} failed: {stderr_tail(proc.stderr, paths=args)}")
+    return proc.stderr
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ def probe(path: Path) -> ProbeResult:
         info = ffmpeg.probe(str(path), v="error")
     except ffmpeg.Error as exc:
         raise MediaError(
-            f"{path.name} is not a readable video or audio file: {stderr_tail(exc.stderr, 3, path)}"
+            f"{path.name} is not a readable video or audio file: {stderr_tail(exc.stderr, 3, [str(path)])}"
         ) from None
     streams = info.get("streams", [])
     video = next(
@@ -268,7 +276,7 @@ def media_streams(path: Path) -> list[dict]:
     try:
         return ffmpeg.probe(str(path), v="error").get("streams", [])
     except ffmpeg.Error as exc:
-        raise MediaError(f"probing {Path(path).name} failed: {stderr_tail(exc.stderr)}") from None
+        raise MediaError(f"probing {Path(path).name} failed: {stderr_tail(exc.stderr, paths=[str(path)])}") from None
 
 
 MP4_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}

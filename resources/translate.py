@@ -66,11 +66,13 @@ class Apertium:
 
     def translate(self, texts, source, target):
         mode = self.mode(source, target)
-        if mode is None or mode not in self.installed_modes():
+        installed = ", ".join(self.installed_modes()) or "none"
+        if mode is None:
+            raise TranslationError(f"apertium has no language codes for {source}->{target} (installed: {installed})")
+        if mode not in self.installed_modes():
             raise TranslationError(
-                f"apertium has no {source}->{target} pair installed "
-                f"(installed: {', '.join(self.installed_modes()) or 'none'}); "
-                f"install the Debian package apertium-{mode or 'xxx-yyy'}"
+                f"apertium has no {source}->{target} pair installed (installed: {installed}); "
+                f"install the Debian package that provides the {mode} mode (e.g. apertium-{mode})"
             )
         if not texts:
             return []

@@ -194,7 +194,9 @@ def test_stderr_tail():
     assert media.stderr_tail(None) == "(no output from ffmpeg)"
     text = b"\n".join(f"line {i}".encode() for i in range(10)) + b"\n\n"
     assert media.stderr_tail(text, lines=3) == "line 7 | line 8 | line 9"
-    assert media.stderr_tail("/srv/data/jobs/x/in.mp4: bad", hide=Path("/srv/data/jobs/x/in.mp4")) == "in.mp4: bad"
+    assert media.stderr_tail("/srv/data/jobs/x/in.mp4: bad") == "in.mp4: bad"
+    assert media.stderr_tail("Error opening output file /var/lib/a b/out.wav.",
+                             paths=["-i", "/var/lib/a b/out.wav"]) == "Error opening output file out.wav."
 
 
 def test_language_codes():
