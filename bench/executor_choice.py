@@ -66,6 +66,7 @@ def main() -> int:
     store = JobStore()
     results: dict[str, list[float]] = {"in_process": [], "multiprocess": []}
     steps: dict[str, dict] = {}
+    (work / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(work / "home")) as instance:
         for _ in range(args.repeat):
             for variant in ("in_process", "multiprocess"):

@@ -3,7 +3,7 @@
 Ducking is volume automation from the known placements of the dubbed segments (no sidechain
 detection pass): the original drops by `duck_db` with short ramps around each dubbed segment.
 The mix is then normalised to `target_lufs` (EBU R128 integrated) with one measured gain and a
--1 dBFS peak limiter, and encoded to AAC.
+-1 dBFS peak limiter, and encoded (Opus for MKV, AAC for MP4).
 """
 
 
@@ -70,14 +70,14 @@ def mix_to_wav(original, dub, out, envelope: np.ndarray) -> None:
 
 @dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"ffmpeg"}, deps=[dubbed_speech],
           code_version="1",
-          description="Original audio ducked under the dub, loudness-normalised (EBU R128), AAC.")
+          description="Original audio ducked under the dub, loudness-normalised (EBU R128), encoded.")
 def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
                storage: MediaStorage) -> dg.MaterializeResult:
     job = job_store.get_job(context.partition_key)
     speech = storage.read_json(job.id, "speech.json")
-    mix_path = storage.artifact(job.id, "mix.m4a")
+    codec, bitrate, suffix = media.MIX_CODECS[job.options.container]
+    mix_path = storage.artifact(job.id, "mix" + suffix)
     if speech["no_speech"]:
-        mix_path.unlink(missing_ok=True)
         storage.write_json(job.id, "mix.json", {"no_speech": True})
         return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix"})
     duration = storage.read_json(job.id, "source.json")["duration_s"]
@@ -87,13 +87,13 @@ def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
         raw = storage.artifact(job.id, "mix_raw.wav")
         mix_to_wav(storage.artifact(job.id, "original.wav"), storage.artifact(job.id, "dub_track.wav"),
                    raw, duck_envelope(intervals, duration, opts.duck_db))
-        measured = media.measure_loudness(raw)
+        measured = media.measure_loudness(raw, true_peak=False)
         gain = opts.target_lufs - measured.integrated_lufs if measured.integrated_lufs > -70 else 0.0
-        media.encode_audio(raw, mix_path, gain_db=gain)
+        media.encode_audio(raw, mix_path, gain_db=gain, codec=codec, bitrate=bitrate)
         final = media.measure_loudness(mix_path)
         raw.unlink(missing_ok=True)
     storage.write_json(job.id, "mix.json", {
-        "no_speech": False, "file": mix_path.name, "gain_db": round(gain, 2),
+        "no_speech": False, "file": mix_path.name, "codec": codec, "gain_db": round(gain, 2),
         "integrated_lufs": final.integrated_lufs, "lra": final.lra, "true_peak_dbfs": final.true_peak_dbfs,
     })
     return dg.MaterializeResult(metadata={
@@ -102,6 +102,7 @@ def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
         "loudness_range_lu": final.lra,
         "true_peak_dbfs": final.true_peak_dbfs,
         "gain_db": round(gain, 2),
+        "codec": codec,
         "duck_db": opts.duck_db,
         "ducked_s": round(sum(e - s for s, e in intervals), 2),
         "mix_s": t.seconds,

