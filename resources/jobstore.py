@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
+import sqlalchemy.orm
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from resources import settings
@@ -30,7 +31,11 @@ class Base(DeclarativeBase):
 class JobRow(Base):
     __tablename__ = "dub_jobs"  # prefixed: Dagster has its own "jobs" table in a shared database
 
-    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    # seq orders jobs for the upload sensor's cursor (monotonic, unlike clocks); id is the job id
+    # and the Dagster partition key.
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True, nullable=False)
+    upload_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False, index=True)
     owner: Mapped[str | None] = mapped_column(sa.String(128), nullable=True, index=True)
     input_path: Mapped[str] = mapped_column(sa.Text, nullable=False)
@@ -95,6 +100,8 @@ class JobRecord:
     voice: str | None = None
     owner: str | None = None
     options: JobOptions = field(default_factory=JobOptions)
+    upload_id: str | None = None
+    seq: int = 0
 
     @classmethod
     def from_row(cls, row: JobRow) -> "JobRecord":
@@ -111,6 +118,8 @@ class JobRecord:
             voice=row.voice,
             owner=row.owner,
             options=JobOptions.from_dict(json.loads(row.options or "{}")),
+            upload_id=row.upload_id,
+            seq=row.seq,
         )
 
 
@@ -177,7 +186,10 @@ class JobStore(dg.ConfigurableResource):
         owner: str | None = None,
         options: JobOptions | dict | None = None,
         job_id: str | None = None,
+        upload_id: str | None = None,
+        session: sa.orm.Session | None = None,
     ) -> JobRecord:
+        """Create a job record. Pass `session` to create it inside the caller's transaction."""
         if isinstance(options, dict) or options is None:
             options = JobOptions.from_dict(options)
         job_id = job_id or new_job_id()
@@ -191,17 +203,30 @@ class JobStore(dg.ConfigurableResource):
             target_lang=target_lang,
             voice=voice,
             options=json.dumps(options.to_dict()),
+            upload_id=upload_id,
         )
-        with sa.orm.Session(self.engine()) as session, session.begin():
+        if session is not None:
             session.add(row)
+            session.flush()
+            return JobRecord.from_row(row)
+        with sa.orm.Session(self.engine()) as own, own.begin():
+            own.add(row)
         return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> JobRecord:
         with sa.orm.Session(self.engine()) as session:
-            row = session.get(JobRow, job_id)
+            row = session.scalar(sa.select(JobRow).where(JobRow.id == job_id))
             if row is None:
                 raise KeyError(f"no job record for partition {job_id!r} in the job store")
             return JobRecord.from_row(row)
+
+    def jobs_after(self, seq: int, limit: int = 100, uploaded_only: bool = True) -> list[JobRecord]:
+        """Jobs created after `seq`, oldest first (the upload sensor's cursor walk)."""
+        stmt = sa.select(JobRow).where(JobRow.seq > seq).order_by(JobRow.seq).limit(limit)
+        if uploaded_only:
+            stmt = stmt.where(JobRow.upload_id.is_not(None))
+        with sa.orm.Session(self.engine()) as session:
+            return [JobRecord.from_row(r) for r in session.scalars(stmt)]
 
     def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[JobRecord]:
         stmt = sa.select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)

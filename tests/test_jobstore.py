@@ -8,6 +8,17 @@ import re
 
 import dagster as dg
 import pytest
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from resources.jobstore import MIGRATIONS_DIR
+
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+HEAD = _head()
 import sqlalchemy as sa
 
 from resources import jobstore
@@ -100,23 +111,28 @@ def check_migrations(url: str) -> None:
     jobstore.migrate(url)
     tables = _tables(url)
     assert {"dub_jobs", "dubbing_alembic_version"} <= tables
-    assert _versions(url) == ["0001_jobs"]
+    assert _versions(url) == [HEAD]
     # Idempotent: forget the per-process memo and run the upgrade again against the same database.
     jobstore._MIGRATED.discard(jobstore.settings.normalise_db_url(url))
     jobstore.migrate(url)
     jobstore.migrate(url)
     assert _tables(url) == tables
-    assert _versions(url) == ["0001_jobs"]
+    assert _versions(url) == [HEAD]
     engine = sa.create_engine(url)
     try:
         inspector = sa.inspect(engine)
-        columns = {c["name"] for c in inspector.get_columns("dub_jobs")}
+        columns = {t: {c["name"] for c in inspector.get_columns(t)} for t in jobstore.Base.metadata.tables}
         indexes = {i["name"] for i in inspector.get_indexes("dub_jobs")}
     finally:
         engine.dispose()
-    assert columns == {"id", "created_at", "owner", "input_path", "filename", "source_lang",
-                       "target_lang", "voice", "options"}
-    assert {"ix_dub_jobs_owner", "ix_dub_jobs_created_at"} <= indexes
+    # the migrations build exactly the tables and columns the ORM models declare
+    from resources import accounts, uploads  # noqa: F401
+
+    assert set(jobstore.Base.metadata.tables) == {"dub_jobs", "dub_users", "dub_tokens", "dub_sessions", "dub_uploads"}
+    for name, table in jobstore.Base.metadata.tables.items():
+        assert columns[name] == {c.name for c in table.columns}, name
+    assert {"seq", "id", "upload_id", "owner", "input_path", "source_lang", "target_lang"} <= columns["dub_jobs"]
+    assert {"ix_dub_jobs_owner", "ix_dub_jobs_created_at", "ix_dub_jobs_upload_id"} <= indexes
 
 
 # --- ids and options (no database) --------------------------------------------------------------
@@ -220,7 +236,7 @@ def test_postgres_job_store_shares_a_database_with_dagster(pg_url, tmp_path):
         assert [j.id for j in store.list_jobs()] == [job.id]
         assert instance.get_dynamic_partitions("dub_jobs") == [job.id]
         assert {"dub_jobs", "dubbing_alembic_version"} <= _tables(pg_url)
-        assert _versions(pg_url) == ["0001_jobs"]
+        assert _versions(pg_url) == [HEAD]
 
         engine = sa.create_engine(pg_url)
         try:
@@ -230,7 +246,7 @@ def test_postgres_job_store_shares_a_database_with_dagster(pg_url, tmp_path):
         finally:
             engine.dispose()
         # Dagster's revision is untouched by our migration, and its jobs table holds none of ours.
-        assert len(dagster_rev) == 1 and dagster_rev != ["0001_jobs"]
+        assert len(dagster_rev) == 1 and dagster_rev != [HEAD]
         assert dagster_jobs == 0
 
         # Dagster still works on the shared database after the job store migrated it.

@@ -1,0 +1,318 @@
+"""The upload store: resumable uploads (the chunk API and tus share it), in the job store's database
+plus one preallocated file per upload under <data>/uploads/<id>/data.
+
+Upload ids are 128 random bits (32 hex digits); anything else is simply not found. Files are named
+by id only, so client file names never reach a path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from resources import settings
+from resources.accounts import User, as_utc, utcnow
+from resources.jobstore import Base, JobOptions, JobRecord, JobStore
+
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+MEDIA_TYPES = ("video/", "audio/")
+EXTRA_MEDIA_TYPES = {"application/x-matroska", "application/mp4", "application/ogg", "application/vnd.rn-realmedia"}
+ACTIVE = ("receiving", "complete")
+
+
+class UploadError(Exception):
+    """A refused request: HTTP status and a message naming the problem."""
+
+    def __init__(self, status: int, message: str, upload: "UploadView | None" = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.upload = upload
+
+
+class UploadRow(Base):
+    __tablename__ = "dub_uploads"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(32), index=True, nullable=False)
+    filename: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    content_type: Mapped[str] = mapped_column(sa.String(128), nullable=False)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    chunk_bytes: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    total_chunks: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    received: Mapped[str] = mapped_column(sa.Text, nullable=False)  # one '0'/'1' per chunk
+    received_bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, default=0)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    state: Mapped[str] = mapped_column(sa.String(16), nullable=False)  # receiving|complete|aborted|expired
+    protocol: Mapped[str] = mapped_column(sa.String(8), nullable=False)  # chunks|tus
+    meta: Mapped[str] = mapped_column(sa.Text, nullable=False, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False, index=True)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+
+
+@dataclass(frozen=True)
+class UploadView:
+    id: str
+    owner: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    chunk_bytes: int
+    total_chunks: int
+    received: str
+    received_bytes: int
+    sha256: str | None
+    state: str
+    protocol: str
+    meta: dict
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    job_id: str | None
+
+    @classmethod
+    def from_row(cls, r: UploadRow) -> "UploadView":
+        return cls(r.id, r.owner, r.filename, r.content_type, r.size_bytes, r.chunk_bytes, r.total_chunks,
+                   r.received, r.received_bytes, r.sha256, r.state, r.protocol, json.loads(r.meta or "{}"),
+                   as_utc(r.created_at), as_utc(r.expires_at), r.job_id)
+
+    def chunk_range(self, index: int) -> tuple[int, int]:
+        """(offset, length) of chunk `index`."""
+        offset = index * self.chunk_bytes
+        return offset, min(self.chunk_bytes, self.size_bytes - offset)
+
+    @property
+    def next_missing(self) -> int | None:
+        i = self.received.find("0")
+        return None if i < 0 else i
+
+    def status(self) -> dict:
+        return {
+            "upload_id": self.id,
+            "filename": self.filename,
+            "state": self.state,
+            "protocol": self.protocol,
+            "received_bytes": self.received_bytes,
+            "total_bytes": self.size_bytes,
+            "progress": round(self.received_bytes / self.size_bytes, 6) if self.size_bytes else 0.0,
+            "chunk_bytes": self.chunk_bytes,
+            "total_chunks": self.total_chunks,
+            "received": [c == "1" for c in self.received],
+            "next_missing": self.next_missing,
+            "missing_count": self.received.count("0"),
+            "expires_at": self.expires_at.isoformat(),
+            "job_id": self.job_id,
+        }
+
+
+def clean_filename(name: str) -> str:
+    """The client's file name, checked: it is shown and used for output names, never as a path."""
+    if not isinstance(name, str) or not name.strip():
+        raise UploadError(422, "filename is required")
+    name = name.strip()
+    if len(name.encode()) > 255:
+        raise UploadError(422, "filename is longer than 255 bytes")
+    if "\x00" in name or any(ord(c) < 32 for c in name):
+        raise UploadError(422, "filename contains NUL or control characters")
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith(".."):
+        raise UploadError(422, "filename must be a plain file name, not a path")
+    return name
+
+
+def is_media_type(content_type: str) -> bool:
+    ct = (content_type or "").split(";")[0].strip().lower()
+    return ct.startswith(MEDIA_TYPES) or ct in EXTRA_MEDIA_TYPES
+
+
+class UploadStore:
+    def __init__(self, store: JobStore | None = None, root: Path | None = None):
+        self.store = store or JobStore()
+        self.root = Path(root) if root else settings.data_dir() / "uploads"
+
+    # settings ----------------------------------------------------------------------------------
+    @staticmethod
+    def max_upload_mb() -> int:
+        return int(os.environ.get("MAX_UPLOAD_MB", "4096"))
+
+    @staticmethod
+    def chunk_size() -> int:
+        return int(os.environ.get("UPLOAD_CHUNK_BYTES", str(8 * 1024 * 1024)))
+
+    @staticmethod
+    def ttl() -> dt.timedelta:
+        return dt.timedelta(hours=float(os.environ.get("UPLOAD_TTL_HOURS", "24")))
+
+    @staticmethod
+    def quota_bytes() -> int:
+        return int(float(os.environ.get("USER_QUOTA_GB", "50")) * 1024**3)
+
+    @staticmethod
+    def min_free_bytes() -> int:
+        return int(float(os.environ.get("MIN_FREE_GB", "1")) * 1024**3)
+
+    def session(self) -> Session:
+        return Session(self.store.engine())
+
+    def data_path(self, upload_id: str) -> Path:
+        if not ID_RE.match(upload_id):
+            raise UploadError(404, "upload not found")
+        return self.root / upload_id / "data"
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def init(self, user: User, *, filename: str, size_bytes, content_type: str, sha256: str | None = None,
+             protocol: str = "chunks", meta: dict | None = None) -> UploadView:
+        filename = clean_filename(filename)
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int):
+            raise UploadError(422, "size_bytes must be a whole number of bytes")
+        if size_bytes <= 0:
+            raise UploadError(422, "size_bytes must be more than 0")
+        limit = self.max_upload_mb() * 1024 * 1024
+        if size_bytes > limit:
+            raise UploadError(413, f"file is {size_bytes} bytes; the limit is {self.max_upload_mb()} MB (MAX_UPLOAD_MB)")
+        if not is_media_type(content_type):
+            raise UploadError(415, f"content type {str(content_type)[:80]!r} is not video/* or audio/*")
+        if sha256 is not None:
+            sha256 = str(sha256).lower()
+            if not SHA256_RE.match(sha256):
+                raise UploadError(422, "sha256 must be 64 hex digits")
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if free - size_bytes < self.min_free_bytes():
+            raise UploadError(507, f"not enough free disk: {free // 1024**2} MB free, the upload needs "
+                                   f"{size_bytes // 1024**2} MB and {self.min_free_bytes() // 1024**3} GB must stay free (MIN_FREE_GB)")
+        chunk = self.chunk_size()
+        total = -(-size_bytes // chunk)
+        now = utcnow()
+        row = UploadRow(id=secrets.token_hex(16), owner=user.id, filename=filename,
+                        content_type=content_type.split(";")[0].strip().lower(), size_bytes=size_bytes,
+                        chunk_bytes=chunk, total_chunks=total, received="0" * total, received_bytes=0,
+                        sha256=sha256, state="receiving", protocol=protocol, meta=json.dumps(meta or {}),
+                        created_at=now, expires_at=now + self.ttl())
+        with self.session() as s, s.begin():
+            used = s.scalar(sa.select(sa.func.coalesce(sa.func.sum(UploadRow.size_bytes), 0))
+                            .where(UploadRow.owner == user.id, UploadRow.state.in_(ACTIVE))) or 0
+            if used + size_bytes > self.quota_bytes():
+                raise UploadError(413, f"upload quota exceeded: {used // 1024**2} MB used of "
+                                       f"{self.quota_bytes() // 1024**2} MB (USER_QUOTA_GB); delete old uploads")
+            path = self.data_path(row.id)
+            path.parent.mkdir(parents=True)
+            with open(path, "wb") as fh:
+                fh.truncate(size_bytes)  # sparse: chunks are written at their offsets
+            s.add(row)
+        return UploadView.from_row(row)
+
+    def get(self, upload_id: str, user: User | None) -> UploadView:
+        """The upload, if `user` owns it (admins: any); else 404. Expired uploads are swept here too."""
+        if not isinstance(upload_id, str) or not ID_RE.match(upload_id):
+            raise UploadError(404, "upload not found")
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, upload_id)
+            if row is None or (user is not None and row.owner != user.id and not user.is_admin):
+                raise UploadError(404, "upload not found")
+            if row.state == "receiving" and as_utc(row.expires_at) < utcnow():
+                row.state = "expired"
+                self._remove_data(row.id)
+            return UploadView.from_row(row)
+
+    def require_receiving(self, view: UploadView) -> None:
+        if view.state == "complete":
+            raise UploadError(409, "upload is already complete", view)
+        if view.state == "expired":
+            raise UploadError(410, "upload expired; start a new one", view)
+        if view.state == "aborted":
+            raise UploadError(410, "upload was deleted", view)
+
+    def mark_chunk(self, upload_id: str, index: int) -> UploadView:
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, upload_id, with_for_update=True)
+            if row.received[index] != "1":
+                row.received = row.received[:index] + "1" + row.received[index + 1:]
+                row.received_bytes += UploadView.from_row(row).chunk_range(index)[1]
+            return UploadView.from_row(row)
+
+    def set_offset(self, upload_id: str, offset: int) -> UploadView:
+        """tus: bytes [0, offset) are on disk; chunks they cover count as received."""
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, upload_id, with_for_update=True)
+            full = offset // row.chunk_bytes if offset < row.size_bytes else row.total_chunks
+            row.received = "1" * full + row.received[full:]
+            row.received_bytes = offset
+            return UploadView.from_row(row)
+
+    def mark_complete(self, upload_id: str, job: JobRecord | None, session: Session) -> None:
+        row = session.get(UploadRow, upload_id, with_for_update=True)
+        row.state = "complete"
+        row.completed_at = utcnow()
+        row.job_id = job.id if job else None
+
+    def file_sha256(self, upload_id: str) -> str:
+        h = hashlib.sha256()
+        with open(self.data_path(upload_id), "rb") as fh:
+            while block := fh.read(4 * 1024 * 1024):
+                h.update(block)
+        return h.hexdigest()
+
+    def region_sha256(self, upload_id: str, offset: int, length: int) -> str:
+        h = hashlib.sha256()
+        with open(self.data_path(upload_id), "rb") as fh:
+            fh.seek(offset)
+            left = length
+            while left > 0 and (block := fh.read(min(left, 4 * 1024 * 1024))):
+                h.update(block)
+                left -= len(block)
+        return h.hexdigest()
+
+    def create_job(self, view: UploadView, user: User, *, target_lang: str, source_lang: str = "en",
+                   voice: str | None = None, options: dict | None = None) -> JobRecord:
+        """Turn a complete upload into a dub job (one transaction: job row + upload state)."""
+        for field, value in (("target_lang", target_lang), ("source_lang", source_lang)):
+            if not isinstance(value, str) or not LANG_RE.match(value):
+                raise UploadError(422, f"{field} {str(value)[:20]!r} is not a language code like 'es' or 'pt-BR'")
+        if voice is not None and (not isinstance(voice, str) or len(voice) > 128 or "\x00" in voice):
+            raise UploadError(422, "voice must be a short name like 'espeak:es'")
+        try:
+            opts = JobOptions.from_dict(options)
+        except (ValueError, TypeError) as exc:
+            raise UploadError(422, f"options: {exc}") from None
+        with self.session() as s, s.begin():
+            job = self.store.create_job(
+                input_path=str(self.data_path(view.id)), filename=view.filename, source_lang=source_lang,
+                target_lang=target_lang, voice=voice, owner=user.id if user else view.owner, options=opts,
+                upload_id=view.id, session=s)
+            self.mark_complete(view.id, job, s)
+        return job
+
+    def delete(self, view: UploadView) -> None:
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, view.id, with_for_update=True)
+            if row.state == "complete" and row.job_id:
+                raise UploadError(409, "upload already became a job; cancel or delete the job instead", view)
+            row.state = "aborted"
+        self._remove_data(view.id)
+
+    def expire_abandoned(self, now: dt.datetime | None = None, limit: int = 500) -> int:
+        """Mark uploads past their expiry as expired and remove their partial data."""
+        now = now or utcnow()
+        with self.session() as s, s.begin():
+            rows = s.scalars(sa.select(UploadRow).where(UploadRow.state == "receiving",
+                                                        UploadRow.expires_at < now).limit(limit)).all()
+            for row in rows:
+                row.state = "expired"
+        for row in rows:
+            self._remove_data(row.id)
+        return len(rows)
+
+    def _remove_data(self, upload_id: str) -> None:
+        shutil.rmtree(self.root / upload_id, ignore_errors=True)
