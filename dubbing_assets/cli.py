@@ -1,6 +1,9 @@
 """`dubbing`: the command line.
 
     dubbing init                         set up the local instance, data folder and job store
+                                         (and a first admin when there is none)
+    dubbing user add NAME [--admin] [--password-stdin]
+    dubbing token create NAME            a personal API token (alone on the last line)
     dubbing dub INPUT --to es [--from en] [--out DIR] [--voice V] [--tts E] [--container mkv|mp4]
 
 `dub` runs the dub job for one local file through Dagster (a real instance: DAGSTER_HOME, or the
@@ -25,7 +28,7 @@ class CliError(Exception):
     """A one-line reason for a non-zero exit."""
 
 
-def _init(quiet: bool = False) -> None:
+def _init(quiet: bool = False, first_admin: bool = False) -> None:
     from resources import media, settings
     from resources.jobstore import JobStore
 
@@ -36,6 +39,58 @@ def _init(quiet: bool = False) -> None:
     media.require_tools()
     if not quiet:
         print(f"DAGSTER_HOME={home}\nDUBBING_DATA_DIR={data}\njob store: {_safe_url(settings.database_url())}")
+    if first_admin:
+        from resources.accounts import Accounts
+
+        created = Accounts().ensure_first_admin()
+        if created:
+            name, password = created
+            print(f"created the first admin. Log in as: {name}\n  password (shown once, change it by "
+                  f"adding a new admin): {password}")
+
+
+def user_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from resources.accounts import AccountError, Accounts
+
+    _init(quiet=True)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise CliError("the passwords differ")
+    try:
+        user = Accounts().add_user(args.name, password, role="admin" if args.admin else "user")
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    from resources import logs
+
+    logs.setup()
+    logs.user_id.set(user.id)
+    logs.audit("user_added", role=user.role, via="cli")
+    print(f"added {user.role} {user.name} ({user.id})")
+    return 0
+
+
+def token_create(args: argparse.Namespace) -> int:
+    from resources.accounts import Accounts
+
+    _init(quiet=True)
+    accounts = Accounts()
+    user = accounts.user_by_name(args.name)
+    if user is None:
+        raise CliError(f"no user {args.name}; add one with: dubbing user add {args.name}")
+    token = accounts.create_token(user, args.label)
+    from resources import logs
+
+    logs.setup()
+    logs.user_id.set(user.id)
+    logs.audit("token_created", token_name=args.label, via="cli")
+    print(f"API token for {user.name} (shown once; send it as 'Authorization: Bearer <token>'):")
+    print(token)
+    return 0
 
 
 def _safe_url(url: str) -> str:
@@ -178,7 +233,18 @@ def dub(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dubbing", description="Self-hosted video dubbing on Dagster.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("init", help="set up the local Dagster instance, data folder and job store")
+    p_init = sub.add_parser("init", help="set up the local Dagster instance, data folder and job store")
+    p_init.add_argument("--first-admin", action="store_true", help="create an admin when there is none")
+    p_user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    p_add = p_user.add_parser("add", help="add a user")
+    p_add.add_argument("name")
+    p_add.add_argument("--admin", action="store_true")
+    p_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p_token = sub.add_parser("token", help="personal API tokens").add_subparsers(dest="token_command",
+                                                                                 required=True)
+    p_create = p_token.add_parser("create", help="create an API token for a user")
+    p_create.add_argument("name", help="user name")
+    p_create.add_argument("--label", default="cli", help="what the token is for")
     p = sub.add_parser("dub", help="dub one local video or audio file")
     p.add_argument("input", help="video or audio file")
     p.add_argument("--to", required=True, help="target language, e.g. es")
@@ -191,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "init":
-            _init()
+            _init(first_admin=args.first_admin)
             return 0
+        if args.command == "user":
+            return user_add(args)
+        if args.command == "token":
+            return token_create(args)
         return dub(args)
     except CliError as exc:
         print(f"dubbing: {exc}", file=sys.stderr)

@@ -13,6 +13,7 @@ from dubbing_assets import (
 )
 from dubbing_assets.jobs import dub_job
 from dubbing_assets.resources import build_defs
+from sensors.upload_sensor import upload_sensor
 
 
 
@@ -28,6 +29,7 @@ def stage_defs() -> dg.Definitions:
             dubbed_video.dubbed_video,
         ],
         jobs=[dub_job],
+        sensors=[upload_sensor],
     )
 
 

@@ -17,8 +17,8 @@ def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
     job = job_store.get_job(context.partition_key)
     src = Path(job.input_path)
     with stage_errors("source_media"), Timer() as t:
-        info = media.probe(src)
-        decoded = media.check_audio_decodes(src, info.duration)
+        info = media.probe(src, job.filename)
+        decoded = media.check_audio_decodes(src, info.duration, job.filename)
     summary = {**info.summary(), "decoded_audio_s": round(decoded, 3), "path": str(src),
                "filename": job.filename, "source_lang": job.source_lang, "target_lang": job.target_lang}
     storage.write_json(job.id, "source.json", summary)

@@ -97,7 +97,7 @@ class Accounts:
         self.store = store or JobStore()
 
     def session(self) -> Session:
-        return Session(self.store.engine())
+        return Session(self.store.engine(), expire_on_commit=False)
 
     # users -------------------------------------------------------------------------------------
     def add_user(self, name: str, password: str, role: str = "user") -> User:

@@ -109,20 +109,21 @@ class ProbeResult:
         return out
 
 
-def probe(path: Path) -> ProbeResult:
-    """ffprobe a file and insist it is usable media: not empty, readable, with an audio stream."""
+def probe(path: Path, name: str | None = None) -> ProbeResult:
+    """ffprobe a file and insist it is usable media: not empty, readable, with an audio stream.
+    Messages call the file `name` (default: its file name)."""
     path = Path(path)
+    name = name or path.name
     if not path.exists():
-        raise MediaError(f"input file not found: {path.name}")
+        raise MediaError(f"input file not found: {name}")
     size = path.stat().st_size
     if size == 0:
-        raise MediaError(f"input file {path.name} is empty (0 bytes)")
+        raise MediaError(f"input file {name} is empty (0 bytes)")
     try:
         info = ffmpeg.probe(str(path), v="error")
     except ffmpeg.Error as exc:
-        raise MediaError(
-            f"{path.name} is not a readable video or audio file: {stderr_tail(exc.stderr, 3, [str(path)])}"
-        ) from None
+        tail = stderr_tail(exc.stderr, 3).replace(str(path), name).replace(path.name + ":", name + ":")
+        raise MediaError(f"{name} is not a readable video or audio file: {tail}") from None
     streams = info.get("streams", [])
     video = next(
         (s for s in streams if s.get("codec_type") == "video"
@@ -134,11 +135,11 @@ def probe(path: Path) -> ProbeResult:
     duration = float(fmt.get("duration") or 0.0)
     if not audios:
         kind = "video" if video else "file"
-        raise MediaError(f"{path.name}: the {kind} has no audio stream, so there is no speech to dub")
+        raise MediaError(f"{name}: the {kind} has no audio stream, so there is no speech to dub")
     if duration <= 0:
         duration = float(audios[0].get("duration") or 0.0)
     if duration <= 0:
-        raise MediaError(f"{path.name}: media duration is unknown or zero")
+        raise MediaError(f"{name}: media duration is unknown or zero")
     return ProbeResult(
         duration=duration,
         format_name=fmt.get("format_name", "?"),
@@ -150,22 +151,23 @@ def probe(path: Path) -> ProbeResult:
     )
 
 
-def check_audio_decodes(path: Path, expected_duration: float) -> float:
+def check_audio_decodes(path: Path, expected_duration: float, name: str | None = None) -> float:
     """Decode the first audio stream completely; a truncated or corrupt file fails here rather than
     halfway through the pipeline. Returns the decoded duration in seconds."""
+    name = name or Path(path).name
     err = run(
         ffmpeg.input(str(path))["a:0"].output("-", format="null").global_args("-v", "error", "-stats"),
-        f"decoding the audio of {Path(path).name}",
+        f"decoding the audio of {name}",
     )
     text = err.decode("utf-8", "replace")
     problems = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("size=")
                 and "time=" not in ln]
     decoded = _last_stats_time(text)
     if problems:
-        raise MediaError(f"{Path(path).name} is truncated or corrupt: {' | '.join(problems[-3:])}")
+        raise MediaError(f"{name} is truncated or corrupt: {' | '.join(problems[-3:])}")
     if decoded is not None and expected_duration > 2 and decoded < 0.9 * expected_duration:
         raise MediaError(
-            f"{Path(path).name} is truncated: audio decodes to {decoded:.1f} s of {expected_duration:.1f} s"
+            f"{name} is truncated: audio decodes to {decoded:.1f} s of {expected_duration:.1f} s"
         )
     return decoded if decoded is not None else expected_duration
 

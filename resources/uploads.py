@@ -163,7 +163,7 @@ class UploadStore:
         return int(float(os.environ.get("MIN_FREE_GB", "1")) * 1024**3)
 
     def session(self) -> Session:
-        return Session(self.store.engine())
+        return Session(self.store.engine(), expire_on_commit=False)
 
     def data_path(self, upload_id: str) -> Path:
         if not ID_RE.match(upload_id):

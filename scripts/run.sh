@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Starts the whole stack on the embedded default (SQLite Dagster instance, local file storage):
-# dagster-daemon and dagster-webserver. Ctrl-C stops everything.
+# dagster-daemon, dagster-webserver and the upload API (uvicorn). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/var/dagster_home}"
 export DUBBING_DATA_DIR="${DUBBING_DATA_DIR:-$PWD/var/data}"
 HOST="${DAGSTER_HOST:-127.0.0.1}"
 PORT="${DAGSTER_PORT:-3000}"
+API_HOST="${DUBBING_HOST:-127.0.0.1}"
+API_PORT="${DUBBING_PORT:-8000}"
 LOGS="${DUBBING_LOG_DIR:-$PWD/var/log}"
 BIN="$PWD/.venv/bin"
 mkdir -p "$LOGS"
@@ -16,8 +18,13 @@ if port_busy "$HOST" "$PORT"; then
   echo "error: $HOST:$PORT is already in use; stop what runs there or set DAGSTER_PORT=<free port>" >&2
   exit 1
 fi
+if port_busy "$API_HOST" "$API_PORT"; then
+  echo "error: $API_HOST:$API_PORT is already in use; stop what runs there or set DUBBING_PORT=<free port>" >&2
+  exit 1
+fi
 
-"$BIN/dubbing" init >/dev/null
+init_out=$("$BIN/dubbing" init --first-admin)
+grep -v -E '^(DAGSTER_HOME|DUBBING_DATA_DIR|job store)' <<<"$init_out" || true
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -29,6 +36,8 @@ trap cleanup EXIT INT TERM
 "$BIN/dagster-daemon" run -w workspace.yaml >"$LOGS/dagster-daemon.log" 2>&1 &
 pids+=($!)
 "$BIN/dagster-webserver" -h "$HOST" -p "$PORT" -w workspace.yaml >"$LOGS/dagster-webserver.log" 2>&1 &
+pids+=($!)
+"$BIN/uvicorn" upload_api.app:app --host "$API_HOST" --port "$API_PORT" --no-access-log >"$LOGS/api.log" 2>&1 &
 pids+=($!)
 
 up=""
@@ -55,10 +64,15 @@ PY
   sleep 1
 done
 [ -n "$up" ] || { echo "error: the Dagster webserver did not come up in 180 s; see $LOGS" >&2; exit 1; }
+for _ in $(seq 1 60); do
+  "$BIN/python" -c "import urllib.request,sys; urllib.request.urlopen('http://$API_HOST:$API_PORT/api/health', timeout=2)" 2>/dev/null && break
+  sleep 1
+done
 
 cat <<MSG
 dubbing platform is up (embedded instance: SQLite in $DAGSTER_HOME, files in $DUBBING_DATA_DIR)
   Dagster UI:  http://$HOST:$PORT
+  API:         http://$API_HOST:$API_PORT   (OpenAPI docs: http://$API_HOST:$API_PORT/docs)
   logs:        $LOGS
   dub a file:  .venv/bin/dubbing dub VIDEO --to es
 Ctrl-C stops it.

@@ -80,3 +80,19 @@ def pg_url():
         with engine.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """A live upload API (uvicorn on 127.0.0.1) with users alice, bob and root (admin)."""
+    from live import make_stack
+
+    saved = {k: os.environ.get(k) for k in ("DUBBING_DATA_DIR", "DAGSTER_HOME")}
+    stack = make_stack(tmp_path_factory.mktemp("api"))
+    stack.start_api()
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+        for k, v in saved.items():
+            os.environ[k] = v

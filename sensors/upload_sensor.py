@@ -1,0 +1,69 @@
+"""The upload sensor: each completed upload's job gets its dynamic partition and exactly one run.
+
+Exactly once: the cursor is the job store's monotonic `seq` of the last job handed to Dagster, and
+each RunRequest's run_key is the job id, so a second tick, a daemon restart or a replayed cursor
+never launches a job twice (Dagster skips run keys it has already launched for this sensor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import dagster as dg
+
+from dubbing_assets.jobs import dub_job
+from dubbing_assets.partitions import dub_jobs
+from resources.jobstore import JobRecord, JobStore
+from resources.storage import MediaStorage
+
+MAX_JOBS_PER_TICK = 50
+SWEEP_EVERY_S = 300  # abandoned uploads are expired by this sensor's loop
+
+
+def run_request(job: JobRecord) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=job.id,
+        partition_key=job.id,
+        tags={
+            "dubbing/job_id": job.id,
+            "dubbing/user_id": job.owner or "",
+            "dubbing/upload_id": job.upload_id or "",
+            "dubbing/source_lang": job.source_lang,
+            "dubbing/target_lang": job.target_lang,
+            "dubbing/origin": "upload",
+        },
+    )
+
+
+def build_upload_sensor(minimum_interval_seconds: int | None = None) -> dg.SensorDefinition:
+    interval = minimum_interval_seconds or int(os.environ.get("UPLOAD_SENSOR_INTERVAL_S", "5"))
+
+    @dg.sensor(name="upload_sensor", job=dub_job, minimum_interval_seconds=interval,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Adds the partition and launches one dub_job run per completed upload.")
+    def upload_sensor(context: dg.SensorEvaluationContext, job_store: JobStore, storage: MediaStorage):
+        cursor = json.loads(context.cursor) if context.cursor else {"seq": 0, "swept": 0}
+        if time.time() - cursor.get("swept", 0) > SWEEP_EVERY_S:
+            from resources.uploads import UploadStore
+
+            expired = UploadStore(job_store, storage.root_path() / "uploads").expire_abandoned()
+            if expired:
+                context.log.info(f"expired {expired} abandoned upload(s)")
+            cursor["swept"] = time.time()
+        jobs = job_store.jobs_after(cursor["seq"], limit=MAX_JOBS_PER_TICK)
+        if not jobs:
+            return dg.SensorResult(skip_reason=dg.SkipReason("no new completed uploads"),
+                                   cursor=json.dumps(cursor))
+        new_keys = [j.id for j in jobs if not context.instance.has_dynamic_partition(dub_jobs.name, j.id)]
+        cursor["seq"] = jobs[-1].seq
+        return dg.SensorResult(
+            run_requests=[run_request(j) for j in jobs],
+            dynamic_partitions_requests=[dub_jobs.build_add_request(new_keys)] if new_keys else [],
+            cursor=json.dumps(cursor),
+        )
+
+    return upload_sensor
+
+
+upload_sensor = build_upload_sensor()

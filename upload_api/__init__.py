@@ -1,0 +1,1 @@
+"""The FastAPI service phones and the web UI talk to."""

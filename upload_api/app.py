@@ -1,0 +1,77 @@
+"""The FastAPI app: `uvicorn upload_api.app:app` (make run starts it on DUBBING_HOST:DUBBING_PORT)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from resources import logs
+from resources.uploads import UploadError
+from upload_api.routers import auth, jobs, runtime, uploads
+
+log = logging.getLogger("dubbing.api")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+MAX_JSON_BYTES = 64 * 1024
+
+
+def create_app() -> FastAPI:
+    logs.setup()
+    app = FastAPI(title="Dubbing platform API", version="0.1.0",
+                  description="Resumable uploads, dub jobs and their state (read from Dagster).")
+    for router in (auth.router, uploads.router, jobs.router, runtime.router):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def context(request: Request, call_next):
+        given = request.headers.get("x-request-id", "")
+        rid = given if REQUEST_ID_RE.match(given) else secrets.token_hex(8)
+        for var in logs.CONTEXT.values():
+            var.set(None)
+        logs.request_id.set(rid)
+        started = time.perf_counter()
+        length = request.headers.get("content-length", "")
+        is_body_route = request.url.path.endswith("/chunk") or request.url.path.startswith("/api/tus")
+        if not is_body_route and length.isdigit() and int(length) > MAX_JSON_BYTES:
+            response = JSONResponse({"detail": f"request body over {MAX_JSON_BYTES} bytes"}, status_code=413)
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:
+                log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
+                response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
+        response.headers["X-Request-ID"] = rid
+        ctx = getattr(request.state, "log_ctx", {})
+        logs.log(log, "request", method=request.method, path=request.url.path, status=response.status_code,
+                 ms=round((time.perf_counter() - started) * 1000, 1), **ctx)
+        return response
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, exc: UploadError):
+        body = {"detail": exc.message}
+        if exc.upload is not None:
+            body["upload"] = exc.upload.status()
+        logs.log(log, "refused", level=logging.INFO, status=exc.status, reason=exc.message)
+        return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+            problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    return app
+
+
+app = create_app()

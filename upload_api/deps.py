@@ -1,0 +1,98 @@
+"""Shared objects of the service (one per process) and the auth dependencies."""
+
+from __future__ import annotations
+
+import functools
+
+from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+
+from resources import logs
+from resources.accounts import Accounts, User, csrf_matches
+from resources.jobstore import JobStore
+from resources.storage import MediaStorage
+from resources.uploads import UploadStore
+
+SESSION_COOKIE = "dub_session"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+@functools.cache
+def job_store() -> JobStore:
+    return JobStore()
+
+
+@functools.cache
+def accounts() -> Accounts:
+    return Accounts(job_store())
+
+
+@functools.cache
+def uploads() -> UploadStore:
+    return UploadStore(job_store())
+
+
+@functools.cache
+def storage() -> MediaStorage:
+    return MediaStorage()
+
+
+@functools.cache
+def dagster_instance():
+    """The Dagster instance of DAGSTER_HOME (the same dagster.yaml the daemon uses)."""
+    import dagster as dg
+
+    from resources import settings
+
+    settings.ensure_dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def bind(request: Request, **fields: str | None) -> None:
+    """Attach ids to this request's log lines: the handler's own lines (contextvars) and the access
+    line the middleware writes (request.state)."""
+    ctx = getattr(request.state, "log_ctx", None)
+    if ctx is None:
+        ctx = request.state.log_ctx = {}
+    for key, value in fields.items():
+        logs.CONTEXT[key].set(value)
+        if value is not None:
+            ctx[key] = value
+
+
+async def current_user(request: Request) -> User:
+    """Bearer token (phones, scripts) or session cookie + X-CSRF-Token on unsafe methods (web UI)."""
+    user = await run_in_threadpool(_authenticate, request)
+    bind(request, user_id=user.id)
+    request.state.user = user
+    return user
+
+
+async def require_admin(request: Request) -> User:
+    user = await current_user(request)
+    if not user.is_admin:
+        raise HTTPException(403, "admins only")
+    return user
+
+
+def _authenticate(request: Request) -> User:
+    header = request.headers.get("authorization")
+    user: User | None = None
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HTTPException(401, "Authorization header must be 'Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        user = accounts().user_for_token(token.strip())
+        if user is None:
+            raise HTTPException(401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"})
+    else:
+        sid = request.cookies.get(SESSION_COOKIE)
+        found = accounts().session_user(sid) if sid else None
+        if found is None:
+            raise HTTPException(401, "authentication required: send 'Authorization: Bearer <token>' or log in",
+                                headers={"WWW-Authenticate": "Bearer"})
+        user, csrf = found
+        if request.method not in SAFE_METHODS and not csrf_matches(csrf, request.headers.get("x-csrf-token")):
+            raise HTTPException(403, "missing or wrong X-CSRF-Token header for this session")
+    return user
