@@ -60,3 +60,32 @@ def test_dub_rejects_missing_file_and_bad_language(tmp_path):
     real.write_bytes(b"x")
     proc = run_cli(["dub", str(real), "--to", "Spanish!"], tmp_path)
     assert proc.returncode == 1 and "is not a language code" in proc.stderr
+
+
+def test_user_add_and_token_create_work_against_the_running_service(api):
+    env = {**api.env}
+    add = subprocess.run([str(BIN), "user", "add", "Dave", "--password-stdin"], input="dave-password-123\n",
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert add.returncode == 0, add.stderr
+    assert "added user dave" in add.stdout
+    assert "dave-password-123" not in add.stdout + add.stderr
+    tok = subprocess.run([str(BIN), "token", "create", "dave"], capture_output=True, text=True, env=env, timeout=120)
+    assert tok.returncode == 0, tok.stderr
+    token = tok.stdout.strip().splitlines()[-1]
+    assert token.startswith("dub_") and " " not in token
+    assert token not in tok.stderr  # the audit line names the event, never the token
+    import httpx
+
+    me = httpx.get(f"{api.url}/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["name"] == "dave" and me.json()["role"] == "user"
+    login = httpx.post(f"{api.url}/api/auth/login", json={"username": "dave", "password": "dave-password-123"})
+    assert login.status_code == 200
+
+    again = subprocess.run([str(BIN), "user", "add", "dave", "--password-stdin"], input="another-password-1\n",
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 1 and again.stderr.strip() == "dubbing: user dave already exists"
+    short = subprocess.run([str(BIN), "user", "add", "erin", "--admin", "--password-stdin"], input="short\n",
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert short.returncode == 1 and "at least 10 characters" in short.stderr
+    nobody = subprocess.run([str(BIN), "token", "create", "zed"], capture_output=True, text=True, env=env, timeout=120)
+    assert nobody.returncode == 1 and "dubbing user add zed" in nobody.stderr

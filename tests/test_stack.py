@@ -30,9 +30,9 @@ def port_open(port: int) -> bool:
 
 @pytest.fixture
 def stack(tmp_path):
-    port = free_port()
+    port, api_port = free_port(), free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "DUBBING_DATA_DIR": str(tmp_path / "data"),
-           "DAGSTER_PORT": str(port), "DUBBING_LOG_DIR": str(tmp_path / "logs"),
+           "DAGSTER_PORT": str(port), "DUBBING_PORT": str(api_port), "DUBBING_LOG_DIR": str(tmp_path / "logs"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("DATABASE_URL", None)
     out = open(tmp_path / "run.out", "w+")
@@ -44,8 +44,10 @@ def stack(tmp_path):
         time.sleep(0.5)
     text = (tmp_path / "run.out").read_text()
     assert f"Dagster UI:  http://127.0.0.1:{port}" in text, text
+    assert f"API:         http://127.0.0.1:{api_port}" in text, text
     try:
-        yield {"port": port, "env": env, "proc": proc, "home": tmp_path / "home", "tmp": tmp_path}
+        yield {"port": port, "api_port": api_port, "env": env, "proc": proc, "home": tmp_path / "home",
+               "tmp": tmp_path, "out": text}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -84,13 +86,33 @@ def test_make_run_stack_runs_a_dub_through_the_daemon(stack, espeak_video, monke
              for r in instance.get_records_for_run(run_id).records if r.event_log_entry.dagster_event}
     assert {"PIPELINE_ENQUEUED", "PIPELINE_STARTING", "PIPELINE_START", "PIPELINE_SUCCESS"} <= kinds
 
+    # the first admin was created with a random password, printed once, and it logs in
+    import re
+
+    import httpx
+
+    found = re.search(r"Log in as: (\S+)\n\s+password \(shown once.*?\): (\S+)", stack["out"])
+    assert found, stack["out"]
+    api = f"http://127.0.0.1:{stack['api_port']}"
+    login = httpx.post(f"{api}/api/auth/login", json={"username": found[1], "password": found[2]})
+    assert login.status_code == 200 and login.json()["user"]["role"] == "admin"
+    assert found[2] not in (stack["tmp"] / "logs" / "api.log").read_text()
+    health = {}
+    for _ in range(30):
+        health = httpx.get(f"{api}/api/health").json()
+        if health["dagster_daemon"]["ok"]:
+            break
+        time.sleep(1)
+    assert health["status"] == "ok" and health["database"]["ok"] and health["dagster_daemon"]["ok"], health
+    assert httpx.get(f"{api}/docs").status_code == 200
+
     # Ctrl-C stops the whole stack
     os.killpg(stack["proc"].pid, signal.SIGINT)
     stack["proc"].wait(timeout=60)
     deadline = time.time() + 30
-    while port_open(stack["port"]) and time.time() < deadline:
+    while (port_open(stack["port"]) or port_open(stack["api_port"])) and time.time() < deadline:
         time.sleep(0.5)
-    assert not port_open(stack["port"])
+    assert not port_open(stack["port"]) and not port_open(stack["api_port"])
 
 
 def test_run_refuses_a_busy_port(tmp_path):
@@ -98,9 +120,9 @@ def test_run_refuses_a_busy_port(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        env = {**os.environ, "DAGSTER_PORT": str(port), "DAGSTER_HOME": str(tmp_path / "h"),
+        env = {**os.environ, "DAGSTER_PORT": str(free_port()), "DUBBING_PORT": str(port), "DAGSTER_HOME": str(tmp_path / "h"),
                "DUBBING_DATA_DIR": str(tmp_path / "d"), "DUBBING_LOG_DIR": str(tmp_path / "l")}
         proc = subprocess.run([str(ROOT / "scripts" / "run.sh")], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
     assert proc.returncode == 1
-    assert f"127.0.0.1:{port} is already in use" in proc.stderr and "DAGSTER_PORT" in proc.stderr
+    assert f"127.0.0.1:{port} is already in use" in proc.stderr and "DUBBING_PORT" in proc.stderr

@@ -1,0 +1,148 @@
+"""The upload sensor: one partition and exactly one run per completed upload.
+
+Unit: the sensor function on a test instance with build_sensor_context. End to end: a live API and a
+real dagster-daemon process; two users upload at the same time; each job gets exactly one run, which
+succeeds, also after the daemon restarts."""
+
+import concurrent.futures
+import datetime as dt
+import json
+import time
+
+import dagster as dg
+import pytest
+
+from resources.jobstore import JobStore
+from resources.storage import MediaStorage
+
+
+def sensor_fn():
+    from sensors.upload_sensor import upload_sensor
+
+    return upload_sensor
+
+
+def tick(instance, cursor, tmp_path):
+    ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={
+        "job_store": JobStore(database_url=f"sqlite:///{tmp_path}/jobs.db"),
+        "storage": MediaStorage(root=str(tmp_path / "data"))})
+    return sensor_fn()(ctx)
+
+
+def test_sensor_requests_each_uploaded_job_once(tmp_path):
+    store = JobStore(database_url=f"sqlite:///{tmp_path}/jobs.db")
+    cli_job = store.create_job(input_path="/x.mp4", filename="x.mp4", source_lang="en", target_lang="es")
+    jobs = [store.create_job(input_path=f"/u{i}", filename=f"v{i}.mp4", source_lang="en", target_lang="es",
+                             owner=f"user{i}", upload_id=f"{i:032x}") for i in range(3)]
+    with dg.instance_for_test() as instance:
+        result = tick(instance, None, tmp_path)
+        keys = [r.run_key for r in result.run_requests]
+        assert keys == [j.id for j in jobs]  # the CLI's job (no upload) is not the sensor's
+        assert cli_job.id not in keys
+        assert [r.partition_key for r in result.run_requests] == keys
+        req = result.run_requests[0]
+        assert req.tags["dubbing/user_id"] == "user0" and req.tags["dubbing/job_id"] == jobs[0].id
+        assert req.tags["dubbing/target_lang"] == "es"
+        add = result.dynamic_partitions_requests[0]
+        assert add.partitions_def_name == "dub_jobs" and list(add.partition_keys) == keys
+        cursor = result.cursor
+        assert json.loads(cursor)["seq"] == jobs[-1].seq
+
+        # the next tick with the cursor has nothing to do
+        again = tick(instance, cursor, tmp_path)
+        assert not again.run_requests and again.skip_reason
+
+        # a new job is picked up alone; an already-added partition is not added twice
+        instance.add_dynamic_partitions("dub_jobs", keys)
+        late = store.create_job(input_path="/u9", filename="late.mp4", source_lang="en", target_lang="fr",
+                                owner="user9", upload_id="9" * 32)
+        third = tick(instance, again.cursor, tmp_path)
+        assert [r.run_key for r in third.run_requests] == [late.id]
+        assert list(third.dynamic_partitions_requests[0].partition_keys) == [late.id]
+
+        # a replayed (old) cursor asks for the same run keys: the daemon dedupes them by run_key
+        instance.add_dynamic_partitions("dub_jobs", [late.id])  # what the daemon did with `third`
+        replay = tick(instance, cursor, tmp_path)
+        assert [r.run_key for r in replay.run_requests] == [late.id]
+        assert not replay.dynamic_partitions_requests  # all partitions exist already
+
+
+def test_sensor_loop_expires_abandoned_uploads(tmp_path):
+    from resources.accounts import Accounts
+    from resources.uploads import UploadRow, UploadStore
+
+    store = JobStore(database_url=f"sqlite:///{tmp_path}/jobs.db")
+    user = Accounts(store).add_user("carol", "carol-password-1")
+    uploads = UploadStore(store, tmp_path / "data" / "uploads")
+    stale = uploads.init(user, filename="a.mp4", size_bytes=1000, content_type="video/mp4")
+    fresh = uploads.init(user, filename="b.mp4", size_bytes=1000, content_type="video/mp4")
+    with uploads.session() as s, s.begin():
+        s.get(UploadRow, stale.id).expires_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    assert uploads.data_path(stale.id).exists()
+    with dg.instance_for_test() as instance:
+        tick(instance, None, tmp_path)
+    assert not uploads.data_path(stale.id).exists() and uploads.data_path(fresh.id).exists()
+    assert uploads.get(stale.id, user).state == "expired" and uploads.get(fresh.id, user).state == "receiving"
+
+
+def upload_and_complete(api, who, path, target):
+    import hashlib
+
+    data = path.read_bytes()
+    with api.client(who) as c:
+        init = c.post("/api/uploads/init", json={"filename": path.name, "size_bytes": len(data),
+                                                  "content_type": "video/mp4"}).json()
+        size = init["chunk_bytes"]
+        for i in range(init["total_chunks"]):
+            piece = data[i * size:(i + 1) * size]
+            r = c.put(f"/api/uploads/{init['upload_id']}/chunk", params={"index": i}, content=piece,
+                      headers={"X-Chunk-SHA256": hashlib.sha256(piece).hexdigest()})
+            assert r.status_code == 200, r.text
+        r = c.post(f"/api/uploads/{init['upload_id']}/complete", json={"target_lang": target})
+        assert r.status_code == 200, r.text
+        return r.json()["job_id"]
+
+
+def runs_for(instance, job_id):
+    return instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id}))
+
+
+@pytest.mark.slow
+def test_daemon_launches_exactly_one_run_per_upload_for_two_users(api, espeak_video):
+    api.start_daemon()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(upload_and_complete, api, who, espeak_video, "es")
+                       for who in ("alice", "bob", "alice", "bob")]
+            job_ids = [f.result() for f in futures]
+        assert len(set(job_ids)) == 4
+        owners = {j: w for j, w in zip(job_ids, ["alice", "bob", "alice", "bob"])}
+        instance = dg.DagsterInstance.from_config(api.env["DAGSTER_HOME"])
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            runs = {j: runs_for(instance, j) for j in job_ids}
+            if all(r and r[0].is_finished for r in runs.values()):
+                break
+            time.sleep(2)
+        assert all(len(r) == 1 for r in runs.values()), (runs, api.log("daemon"))
+        assert all(r[0].status == dg.DagsterRunStatus.SUCCESS for r in runs.values()), api.log("daemon")
+        for job_id, (run,) in runs.items():
+            assert run.tags["dagster/run_key"] == job_id
+            assert run.tags["dubbing/user_id"] == api.users[owners[job_id]].id
+
+        # a daemon restart does not launch anything again
+        api.stop("daemon")
+        api.start_daemon()
+        time.sleep(12)
+        assert all(len(runs_for(instance, j)) == 1 for j in job_ids)
+
+        # each owner sees their finished job, with outputs; the other user does not
+        with api.client("alice") as a, api.client("bob") as b:
+            for job_id, who in owners.items():
+                mine, other = (a, b) if who == "alice" else (b, a)
+                view = mine.get(f"/api/jobs/{job_id}").json()
+                assert view["state"] == "done" and view["run_id"] == runs[job_id][0].run_id
+                assert f"{espeak_video.stem}.es.mkv" in view["outputs"]
+                assert other.get(f"/api/jobs/{job_id}").status_code == 404
+    finally:
+        api.stop("daemon")
