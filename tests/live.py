@@ -103,3 +103,25 @@ def make_stack(root: Path) -> Stack:
         stack.users[name] = user
         stack.tokens[name] = accounts.create_token(user, "tests")
     return stack
+
+
+def upload_file(client: httpx.Client, path: Path, target_lang: str = "es", **complete) -> tuple[str, str]:
+    """Upload a file through the chunk API (with chunk and whole-file checksums) and complete it:
+    (upload_id, job_id)."""
+    import hashlib
+
+    data = path.read_bytes()
+    r = client.post("/api/uploads/init", json={"filename": path.name, "size_bytes": len(data),
+                                              "content_type": "video/mp4",
+                                              "sha256": hashlib.sha256(data).hexdigest()})
+    assert r.status_code == 201, r.text
+    init = r.json()
+    size = init["chunk_bytes"]
+    for i in range(init["total_chunks"]):
+        piece = data[i * size:(i + 1) * size]
+        r = client.put(f"/api/uploads/{init['upload_id']}/chunk", params={"index": i}, content=piece,
+                       headers={"X-Chunk-SHA256": hashlib.sha256(piece).hexdigest()})
+        assert r.status_code == 200, r.text
+    r = client.post(f"/api/uploads/{init['upload_id']}/complete", json={"target_lang": target_lang, **complete})
+    assert r.status_code == 200, r.text
+    return init["upload_id"], r.json()["job_id"]

@@ -12,6 +12,7 @@ import time
 import dagster as dg
 import pytest
 
+from live import upload_file
 from resources.jobstore import JobStore
 from resources.storage import MediaStorage
 
@@ -86,21 +87,8 @@ def test_sensor_loop_expires_abandoned_uploads(tmp_path):
 
 
 def upload_and_complete(api, who, path, target):
-    import hashlib
-
-    data = path.read_bytes()
     with api.client(who) as c:
-        init = c.post("/api/uploads/init", json={"filename": path.name, "size_bytes": len(data),
-                                                  "content_type": "video/mp4"}).json()
-        size = init["chunk_bytes"]
-        for i in range(init["total_chunks"]):
-            piece = data[i * size:(i + 1) * size]
-            r = c.put(f"/api/uploads/{init['upload_id']}/chunk", params={"index": i}, content=piece,
-                      headers={"X-Chunk-SHA256": hashlib.sha256(piece).hexdigest()})
-            assert r.status_code == 200, r.text
-        r = c.post(f"/api/uploads/{init['upload_id']}/complete", json={"target_lang": target})
-        assert r.status_code == 200, r.text
-        return r.json()["job_id"]
+        return upload_file(c, path, target)
 
 
 def runs_for(instance, job_id):

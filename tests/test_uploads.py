@@ -6,23 +6,7 @@ import socket
 
 import pytest
 
-
-def upload_file(client, path, chunk_override=None, **complete):
-    data = path.read_bytes()
-    r = client.post("/api/uploads/init", json={"filename": path.name, "size_bytes": len(data),
-                                              "content_type": "video/mp4",
-                                              "sha256": hashlib.sha256(data).hexdigest()})
-    assert r.status_code == 201, r.text
-    init = r.json()
-    size = init["chunk_bytes"]
-    for i in range(init["total_chunks"]):
-        piece = data[i * size:(i + 1) * size]
-        r = client.put(f"/api/uploads/{init['upload_id']}/chunk", params={"index": i}, content=piece,
-                       headers={"X-Chunk-SHA256": hashlib.sha256(piece).hexdigest()})
-        assert r.status_code == 200, r.text
-    r = client.post(f"/api/uploads/{init['upload_id']}/complete", json={"target_lang": "es", **complete})
-    assert r.status_code == 200, r.text
-    return init["upload_id"], r.json()["job_id"]
+from live import upload_file
 
 
 def test_upload_in_chunks_then_complete_creates_one_job(api, espeak_video):
