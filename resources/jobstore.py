@@ -44,6 +44,8 @@ class JobRow(Base):
     target_lang: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     voice: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
     options: Mapped[str] = mapped_column(sa.Text, nullable=False, default="{}")
+    # A cancel asked for before the sensor launched the run (an input to the sensor, not a status).
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
 
 
 TTS_ENGINES = ("auto", "espeak", "piper", "xtts")
@@ -102,6 +104,7 @@ class JobRecord:
     options: JobOptions = field(default_factory=JobOptions)
     upload_id: str | None = None
     seq: int = 0
+    cancel_requested_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> "JobRecord":
@@ -120,6 +123,7 @@ class JobRecord:
             options=JobOptions.from_dict(json.loads(row.options or "{}")),
             upload_id=row.upload_id,
             seq=row.seq,
+            cancel_requested_at=row.cancel_requested_at,
         )
 
 
@@ -220,6 +224,11 @@ class JobStore(dg.ConfigurableResource):
                 raise KeyError(f"no job record for partition {job_id!r} in the job store")
             return JobRecord.from_row(row)
 
+    def request_cancel(self, job_id: str) -> None:
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            session.execute(sa.update(JobRow).where(JobRow.id == job_id, JobRow.cancel_requested_at.is_(None))
+                            .values(cancel_requested_at=dt.datetime.now(dt.timezone.utc)))
+
     def jobs_after(self, seq: int, limit: int = 100, uploaded_only: bool = True) -> list[JobRecord]:
         """Jobs created after `seq`, oldest first (the upload sensor's cursor walk)."""
         stmt = sa.select(JobRow).where(JobRow.seq > seq).order_by(JobRow.seq).limit(limit)
@@ -228,8 +237,8 @@ class JobStore(dg.ConfigurableResource):
         with sa.orm.Session(self.engine()) as session:
             return [JobRecord.from_row(r) for r in session.scalars(stmt)]
 
-    def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[JobRecord]:
-        stmt = sa.select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+    def list_jobs(self, owner: str | None = None, limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        stmt = sa.select(JobRow).order_by(JobRow.seq.desc()).limit(limit).offset(offset)
         if owner is not None:
             stmt = stmt.where(JobRow.owner == owner)
         with sa.orm.Session(self.engine()) as session:

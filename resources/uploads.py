@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -240,15 +241,19 @@ class UploadStore:
             if row.received[index] != "1":
                 row.received = row.received[:index] + "1" + row.received[index + 1:]
                 row.received_bytes += UploadView.from_row(row).chunk_range(index)[1]
+            row.expires_at = utcnow() + self.ttl()  # an upload that makes progress stays alive
             return UploadView.from_row(row)
 
     def set_offset(self, upload_id: str, offset: int) -> UploadView:
         """tus: bytes [0, offset) are on disk; chunks they cover count as received."""
         with self.session() as s, s.begin():
             row = s.get(UploadRow, upload_id, with_for_update=True)
+            if not row.received_bytes <= offset <= row.size_bytes:
+                raise UploadError(409, f"offset {offset} is outside {row.received_bytes}..{row.size_bytes}")
             full = offset // row.chunk_bytes if offset < row.size_bytes else row.total_chunks
             row.received = "1" * full + row.received[full:]
             row.received_bytes = offset
+            row.expires_at = utcnow() + self.ttl()  # an upload that makes progress stays alive
             return UploadView.from_row(row)
 
     def mark_complete(self, upload_id: str, job: JobRecord | None, session: Session) -> None:
@@ -285,7 +290,11 @@ class UploadStore:
         try:
             opts = JobOptions.from_dict(options)
         except (ValueError, TypeError) as exc:
-            raise UploadError(422, f"options: {exc}") from None
+            # the message may quote a key as sent: lone surrogates (JSON \ud800) would break the response
+            raise UploadError(422, f"options: {str(exc).encode('utf-8', 'backslashreplace').decode()}") from None
+        for key in ("max_speed", "duck_db", "target_lufs"):  # NaN/inf pass float() and break the job's JSON
+            if not math.isfinite(getattr(opts, key)):
+                raise UploadError(422, f"options: {key} must be a finite number")
         with self.session() as s, s.begin():
             job = self.store.create_job(
                 input_path=str(self.data_path(view.id)), filename=view.filename, source_lang=source_lang,

@@ -55,8 +55,9 @@ def build_upload_sensor(minimum_interval_seconds: int | None = None) -> dg.Senso
         if not jobs:
             return dg.SensorResult(skip_reason=dg.SkipReason("no new completed uploads"),
                                    cursor=json.dumps(cursor))
-        new_keys = [j.id for j in jobs if not context.instance.has_dynamic_partition(dub_jobs.name, j.id)]
         cursor["seq"] = jobs[-1].seq
+        jobs = [j for j in jobs if j.cancel_requested_at is None]  # cancelled before launch
+        new_keys = [j.id for j in jobs if not context.instance.has_dynamic_partition(dub_jobs.name, j.id)]
         return dg.SensorResult(
             run_requests=[run_request(j) for j in jobs],
             dynamic_partitions_requests=[dub_jobs.build_add_request(new_keys)] if new_keys else [],

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def assert_policies(instance: dg.DagsterInstance):
     assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+    assert instance.run_retries_retry_on_asset_or_op_failure is False
     settings = instance.get_concurrency_config()
     assert settings.run_queue_config.max_concurrent_runs == 2
     assert settings.pool_config.default_pool_limit == 1

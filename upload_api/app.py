@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from resources import logs
 from resources.uploads import UploadError
-from upload_api.routers import auth, jobs, runtime, uploads
+from upload_api.routers import auth, jobs, runtime, tus, uploads
 
 log = logging.getLogger("dubbing.api")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -24,7 +24,7 @@ def create_app() -> FastAPI:
     logs.setup()
     app = FastAPI(title="Dubbing platform API", version="0.1.0",
                   description="Resumable uploads, dub jobs and their state (read from Dagster).")
-    for router in (auth.router, uploads.router, jobs.router, runtime.router):
+    for router in (auth.router, uploads.router, tus.router, jobs.router, runtime.router):
         app.include_router(router)
 
     @app.middleware("http")
@@ -39,6 +39,10 @@ def create_app() -> FastAPI:
         is_body_route = request.url.path.endswith("/chunk") or request.url.path.startswith("/api/tus")
         if not is_body_route and length.isdigit() and int(length) > MAX_JSON_BYTES:
             response = JSONResponse({"detail": f"request body over {MAX_JSON_BYTES} bytes"}, status_code=413)
+        elif not is_body_route and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            # no length to check up front: the JSON routes would read an unbounded body
+            response = JSONResponse({"detail": f"send a Content-Length header: JSON bodies are limited to "
+                                               f"{MAX_JSON_BYTES} bytes"}, status_code=411)
         else:
             try:
                 response = await call_next(request)

@@ -1,24 +1,30 @@
-"""Jobs as the API shows them: the job record (inputs) plus what Dagster says (runs, status)."""
+"""Jobs as the API shows them: the job record (inputs) plus what Dagster says (runs, state, stage
+timeline, log). Cancel and retry go through Dagster too."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
+import asyncio
+import json
+import re
 
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
+
+from resources import logs
 from resources.accounts import User
 from resources.jobstore import JobRecord
+from upload_api import dagster_view as dv
 from upload_api.deps import bind, current_user, dagster_instance, job_store, storage
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
-
-STATE_OF_RUN = {
-    "QUEUED": "queued", "NOT_STARTED": "queued", "MANAGED": "queued", "STARTING": "queued",
-    "STARTED": "running", "SUCCESS": "done", "FAILURE": "failed", "CANCELING": "cancelling",
-    "CANCELED": "cancelled",
-}
+log = logs.logging.getLogger("dubbing.api.jobs")
+STATES = ("submitted", "queued", "running", "done", "failed", "cancelling", "cancelled")
 
 
 def owned_job(job_id: str, user: User) -> JobRecord:
+    if not re.fullmatch(r"j[0-9a-f]{32}", job_id or ""):
+        raise HTTPException(404, "job not found")
     try:
         job = job_store().get_job(job_id)
     except KeyError:
@@ -28,40 +34,215 @@ def owned_job(job_id: str, user: User) -> JobRecord:
     return job
 
 
-def job_runs(job_id: str) -> list:
-    """The job's Dagster runs, newest first (read from the instance, never copied)."""
-    import dagster as dg
+async def get_owned(request: Request, job_id: str, user: User) -> JobRecord:
+    job = await run_in_threadpool(owned_job, job_id, user)
+    bind(request, job_id=job.id, upload_id=job.upload_id)
+    return job
 
-    return dagster_instance().get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id}))
+
+def outputs_of(job_id: str) -> list[str]:
+    out = storage().outputs_dir(job_id)
+    return sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")) if out.is_dir() else []
 
 
-def job_view(job: JobRecord) -> dict:
-    runs = job_runs(job.id)
+def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> dict:
+    instance = dagster_instance()
+    runs = dv.runs_by_job(instance, [job.id])[job.id] if runs is None else runs
     latest = runs[0] if runs else None
-    state = STATE_OF_RUN.get(latest.status.value, latest.status.value.lower()) if latest else "submitted"
-    outputs = []
-    if state == "done":
-        out = storage().outputs_dir(job.id)
-        if out.is_dir():
-            outputs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    return {
+    state = dv.job_state(job, runs)
+    view = {
         "job_id": job.id,
         "filename": job.filename,
         "source_lang": job.source_lang,
         "target_lang": job.target_lang,
-        "voice": job.voice,
-        "options": job.options.to_dict(),
         "created_at": job.created_at.isoformat(),
-        "upload_id": job.upload_id,
+        "owner": job.owner,
         "state": state,
+        "current_stage": dv.current_stage(instance, latest),
         "run_id": latest.run_id if latest else None,
-        "runs": [{"run_id": r.run_id, "status": r.status.value} for r in runs],
-        "outputs": outputs,
+        "last_log_line": dv.last_line(instance, latest),
+        "outputs": outputs_of(job.id) if state == "done" else [],
     }
+    if detail:
+        view.update({"voice": job.voice, "options": job.options.to_dict(), "upload_id": job.upload_id,
+                     "runs": [{"run_id": r.run_id, "status": r.status.value} for r in runs]})
+    return view
+
+
+@router.get("")
+async def list_jobs(user: User = Depends(current_user), state: str | None = Query(None),
+                    owner: str | None = Query(None, max_length=32), limit: int = Query(20, ge=1, le=100),
+                    offset: int = Query(0, ge=0)):
+    """My jobs (admins: everyone's, or one user's with `owner`), newest first; filter by state."""
+    if state is not None and state not in STATES:
+        raise HTTPException(422, f"state must be one of {', '.join(STATES)}")
+    who = (owner if user.is_admin else user.id) if owner or not user.is_admin else None
+
+    def page():
+        instance = dagster_instance()
+        out, skip, batch_offset = [], offset, 0
+        while len(out) < limit:
+            batch = job_store().list_jobs(owner=who, limit=100, offset=batch_offset)
+            if not batch:
+                break
+            batch_offset += len(batch)
+            runs = dv.runs_by_job(instance, [j.id for j in batch])
+            for job in batch:
+                if state is not None and dv.job_state(job, runs[job.id]) != state:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                out.append(job_view(job, runs[job.id], detail=False))
+                if len(out) == limit:
+                    break
+        return out
+
+    items = await run_in_threadpool(page)
+    return {"jobs": items, "limit": limit, "offset": offset}
 
 
 @router.get("/{job_id}")
 async def get_job(job_id: str, request: Request, user: User = Depends(current_user)):
-    job = await run_in_threadpool(owned_job, job_id, user)
-    bind(request, job_id=job.id, upload_id=job.upload_id)
+    job = await get_owned(request, job_id, user)
     return await run_in_threadpool(job_view, job)
+
+
+@router.get("/{job_id}/timeline")
+async def timeline(job_id: str, request: Request, user: User = Depends(current_user)):
+    job = await get_owned(request, job_id, user)
+
+    def build():
+        instance = dagster_instance()
+        return dv.timeline(instance, job, dv.runs_by_job(instance, [job.id])[job.id])
+
+    return await run_in_threadpool(build)
+
+
+@router.get("/{job_id}/logs/tail")
+async def logs_tail(job_id: str, request: Request, n: int = Query(50, ge=1, le=1000),
+                    user: User = Depends(current_user)):
+    job = await get_owned(request, job_id, user)
+
+    def read():
+        instance = dagster_instance()
+        runs = dv.runs_by_job(instance, [job.id])[job.id]
+        return {"run_id": runs[0].run_id if runs else None,
+                "lines": dv.tail(instance, runs[0].run_id, n) if runs else []}
+
+    return await run_in_threadpool(read)
+
+
+@router.get("/{job_id}/logs/stream")
+async def logs_stream(job_id: str, request: Request, user: User = Depends(current_user)):
+    """Server-Sent Events: one `log` event per line of the latest run (id = event storage id,
+    resumable with Last-Event-ID), an `end` event when the run has finished, then the stream closes."""
+    job = await get_owned(request, job_id, user)
+    last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else None
+
+    async def events():
+        nonlocal after
+        instance = dagster_instance()
+        idle = 0
+        while True:
+            runs = await run_in_threadpool(lambda: dv.runs_by_job(instance, [job.id])[job.id])
+            if runs:
+                run_id = runs[0].run_id
+                cursor = None if after is None else _cursor_after(after)
+                conn = await run_in_threadpool(dv.records, instance, run_id, None, cursor, 200)
+                for rec in conn.records:
+                    line = dv.log_line(rec)
+                    after = rec.storage_id
+                    yield f"id: {rec.storage_id}\nevent: log\ndata: {json.dumps(line)}\n\n"
+                state = dv.job_state(job, runs)
+                if state in dv.FINISHED and not conn.has_more:
+                    yield f"event: end\ndata: {json.dumps({'state': state, 'run_id': run_id})}\n\n"
+                    return
+                if conn.has_more:
+                    continue
+            elif job.cancel_requested_at:
+                yield f"event: end\ndata: {json.dumps({'state': 'cancelled', 'run_id': None})}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            idle += 1
+            if idle % 15 == 0:
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(1.0)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _cursor_after(storage_id: int) -> str:
+    from dagster._core.storage.event_log.base import EventLogCursor
+
+    return EventLogCursor.from_storage_id(storage_id).to_string()
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+async def cancel(job_id: str, request: Request, user: User = Depends(current_user)):
+    job = await get_owned(request, job_id, user)
+
+    def do_cancel():
+        instance = dagster_instance()
+        runs = dv.runs_by_job(instance, [job.id])[job.id]
+        state = dv.job_state(job, runs)
+        if state in dv.FINISHED:
+            raise HTTPException(409, f"the job has already finished ({state}); nothing to cancel")
+        if state == "cancelling":
+            return {"job_id": job.id, "state": "cancelling"}
+        job_store().request_cancel(job.id)  # keeps the sensor from launching it if it has no run yet
+        if not runs:  # the sensor may be launching it right now: give it a moment, then cancel that run
+            import time
+
+            for _ in range(6):
+                time.sleep(0.5)
+                runs = dv.runs_by_job(instance, [job.id])[job.id]
+                if runs:
+                    break
+            if not runs:
+                return {"job_id": job.id, "state": "cancelled"}
+        instance.run_coordinator.cancel_run(runs[0].run_id)
+        return {"job_id": job.id, "state": dv.job_state(job, dv.runs_by_job(instance, [job.id])[job.id])}
+
+    result = await run_in_threadpool(do_cancel)
+    logs.audit("job_cancel_requested", state=result["state"])
+    return result
+
+
+@router.post("/{job_id}/retry", status_code=202)
+async def retry(job_id: str, request: Request, user: User = Depends(current_user)):
+    """Re-run a failed job from its failed stage (Dagster re-execution FROM_FAILURE), or a cancelled
+    one from the start."""
+    job = await get_owned(request, job_id, user)
+    from upload_api import workspace
+
+    def do_retry():
+        instance = dagster_instance()
+        runs = dv.runs_by_job(instance, [job.id])[job.id]
+        state = dv.job_state(job, runs)
+        if not runs or state not in ("failed", "cancelled"):
+            raise HTTPException(409, f"only failed or cancelled jobs can be retried; this one is {state}")
+        return workspace.reexecute(instance, runs[0])
+
+    run_id = await run_in_threadpool(do_retry)
+    logs.audit("job_retry", run_id=run_id)
+    return {"job_id": job.id, "run_id": run_id}
+
+
+@router.get("/{job_id}/outputs/{name}")
+async def download(job_id: str, name: str, request: Request, user: User = Depends(current_user)):
+    """A finished output (MKV/MP4/SRT/VTT), with HTTP range requests for seeking."""
+    job = await get_owned(request, job_id, user)
+    view = await run_in_threadpool(job_view, job, None, False)
+    if view["state"] != "done":
+        raise HTTPException(409, f"the job is {view['state']}: outputs are offered when it is done")
+    if name not in view["outputs"]:
+        raise HTTPException(404, "no such output")
+    media_types = {".mkv": "video/x-matroska", ".mp4": "video/mp4", ".srt": "application/x-subrip",
+                   ".vtt": "text/vtt"}
+    path = storage().outputs_dir(job.id) / name
+    return FileResponse(path, media_type=media_types.get(path.suffix, "application/octet-stream"),
+                        filename=name)

@@ -38,7 +38,7 @@ def upload_lock(upload_id: str) -> asyncio.Lock:
 
 class InitIn(BaseModel):
     filename: str = Field(max_length=1024)
-    size_bytes: int
+    size_bytes: int = Field(strict=True)  # not true, 1.0 or "1000"
     content_type: str = Field(max_length=255)
     sha256: str | None = Field(default=None, max_length=64)
 
@@ -155,6 +155,16 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
 
 @router.post("/{upload_id}/complete")
 async def complete(upload_id: str, body: CompleteIn, request: Request, user: User = Depends(current_user)):
+    return await complete_upload(request, upload_id, user, target_lang=body.target_lang,
+                                 source_lang=body.source_lang, voice=body.voice, options=body.options,
+                                 sha256=body.sha256)
+
+
+async def complete_upload(request: Request, upload_id: str, user: User, *, target_lang: str,
+                          source_lang: str = "en", voice: str | None = None, options: dict | None = None,
+                          sha256: str | None = None) -> dict:
+    """Turn a fully received upload into a dub job (POST /complete, and tus when the last PATCH lands
+    with target_lang in its metadata). Takes the upload's lock; idempotent once the job exists."""
     view = await get_upload(request, upload_id, user)
     async with upload_lock(view.id):
         view = await get_upload(request, upload_id, user)
@@ -164,7 +174,7 @@ async def complete(upload_id: str, body: CompleteIn, request: Request, user: Use
         if view.next_missing is not None:
             raise UploadError(409, f"{view.received.count('0')} chunk(s) missing; first missing is "
                                    f"{view.next_missing}", view)
-        want = (body.sha256 or view.sha256 or "").lower() or None
+        want = (sha256 or view.sha256 or "").lower() or None
         if want:
             if not SHA256_RE.match(want):
                 raise UploadError(422, "sha256 must be 64 hex digits", view)
@@ -176,8 +186,8 @@ async def complete(upload_id: str, body: CompleteIn, request: Request, user: Use
         except media.MediaError as exc:
             raise UploadError(422, str(exc), view) from None
         job = await run_in_threadpool(
-            lambda: uploads().create_job(view, user, target_lang=body.target_lang, source_lang=body.source_lang,
-                                         voice=body.voice, options=body.options))
+            lambda: uploads().create_job(view, user, target_lang=target_lang, source_lang=source_lang,
+                                         voice=voice, options=options if options is not None else {}))
     bind(request, job_id=job.id)
     logs.audit("upload_complete", size_bytes=view.size_bytes)
     logs.audit("job_created", source_lang=job.source_lang, target_lang=job.target_lang)

@@ -1,0 +1,25 @@
+"""Run-status sensors of dub_job (they run in the daemon, so they fire even when a run worker died)."""
+
+from __future__ import annotations
+
+import shutil
+
+import dagster as dg
+
+from dubbing_assets.jobs import dub_job
+from resources.storage import MediaStorage
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.CANCELED, monitored_jobs=[dub_job],
+                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5,
+                      name="cancelled_run_cleanup",
+                      description="A cancelled job's temp files and any outputs are removed: nothing "
+                                  "partial is ever offered as finished.")
+def cancelled_run_cleanup(context: dg.RunStatusSensorContext, storage: MediaStorage):
+    job_id = context.dagster_run.tags.get("dagster/partition")
+    if not job_id:
+        return
+    job_dir = storage.job_dir(job_id)
+    for sub in ("work", "outputs"):
+        shutil.rmtree(job_dir / sub, ignore_errors=True)
+    context.log.info(f"removed temp files and outputs of cancelled job {job_id}")

@@ -1,0 +1,184 @@
+"""A job as Dagster sees it: its runs, the state derived from the latest run, the stage timeline
+(step stats + materialisation metadata across all runs, so retries and re-executions show as
+attempts) and its log. Nothing here is stored: every answer is read from the instance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Iterable
+
+import dagster as dg
+
+from dubbing_assets.jobs import STAGES
+from resources.jobstore import JobRecord
+
+STAGE_LABELS = {
+    "source_media": "Probe", "extracted_audio": "Extract audio", "transcript": "ASR",
+    "translation": "Translate", "dubbed_speech": "TTS", "dubbed_mix": "Mix", "dubbed_video": "Export",
+}
+STATE_OF_RUN = {
+    "QUEUED": "queued", "NOT_STARTED": "queued", "MANAGED": "queued", "STARTING": "queued",
+    "STARTED": "running", "SUCCESS": "done", "FAILURE": "failed", "CANCELING": "cancelling",
+    "CANCELED": "cancelled",
+}
+FINISHED = {"done", "failed", "cancelled"}
+SHOWN_METADATA = {
+    "source_media": ("duration_s", "container", "video_codec", "audio_codec", "size_mb"),
+    "extracted_audio": ("asr_wav_s", "extract_s"),
+    "transcript": ("segments", "words", "mean_confidence", "real_time_factor", "model"),
+    "translation": ("backend", "segments", "target_chars"),
+    "dubbed_speech": ("engine", "segments", "sped_up", "truncated", "mean_speed", "max_speed"),
+    "dubbed_mix": ("integrated_lufs", "true_peak_dbfs", "gain_db", "codec"),
+    "dubbed_video": ("container", "size_mb", "duration_s", "audio_tracks", "subtitle_streams", "note"),
+}
+
+
+def runs_by_job(instance: dg.DagsterInstance, job_ids: list[str]) -> dict[str, list[dg.DagsterRun]]:
+    """Every run of these jobs (newest first), in one query."""
+    out: dict[str, list] = {j: [] for j in job_ids}
+    if not job_ids:
+        return out
+    for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": list(job_ids)})):
+        key = run.tags.get("dagster/partition")
+        if key in out:
+            out[key].append(run)
+    return out
+
+
+def job_state(job: JobRecord, runs: list[dg.DagsterRun]) -> str:
+    if runs:
+        return STATE_OF_RUN.get(runs[0].status.value, runs[0].status.value.lower())
+    return "cancelled" if job.cancel_requested_at else "submitted"
+
+
+def _ts(value: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(value, dt.timezone.utc).isoformat() if value else None
+
+
+def _metadata_value(value) -> object:
+    raw = getattr(value, "value", value)
+    if isinstance(raw, (int, float, str, bool)) or raw is None:
+        return raw
+    return str(raw)
+
+
+def records(instance: dg.DagsterInstance, run_id: str, of_type=None, cursor: str | None = None,
+            limit: int | None = None, ascending: bool = True):
+    return instance.get_records_for_run(run_id, cursor=cursor, of_type=of_type, limit=limit,
+                                        ascending=ascending)
+
+
+def log_line(record) -> dict:
+    entry = record.event_log_entry
+    event = entry.dagster_event
+    message = entry.user_message or (event.message if event else "") or ""
+    if event and event.event_type_value == "STEP_FAILURE" and event.step_failure_data:
+        data = event.step_failure_data
+        message = (data.user_failure_data.description if data.user_failure_data and data.user_failure_data.description
+                   else (data.error.message.strip().splitlines()[-1] if data.error else message))
+    return {
+        "id": record.storage_id,
+        "time": _ts(entry.timestamp),
+        "level": _level(entry.level),
+        "stage": entry.step_key,
+        "event": event.event_type_value.replace("PIPELINE_", "RUN_") if event else "LOG",
+        "message": message.strip()[:2000],
+    }
+
+
+def _level(level) -> str:
+    import logging
+
+    return logging.getLevelName(level).lower() if isinstance(level, int) else str(level).lower()
+
+
+def tail(instance: dg.DagsterInstance, run_id: str, n: int) -> list[dict]:
+    conn = records(instance, run_id, limit=n, ascending=False)
+    return [log_line(r) for r in reversed(conn.records)]
+
+
+def last_line(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> str | None:
+    if run is None:
+        return None
+    lines = tail(instance, run.run_id, 20)
+    meaningful = [ln for ln in lines if ln["message"] and ln["event"] not in ("LOGS_CAPTURED", "ENGINE_EVENT")]
+    return (meaningful or lines or [{"message": None}])[-1]["message"]
+
+
+def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.DagsterRun]) -> dict:
+    """Stages in pipeline order with state, start, end, duration, attempts and metadata; queue wait."""
+    oldest_first = list(reversed(runs))
+    stages = {key: {"stage": key, "label": STAGE_LABELS[key], "state": "pending", "start": None, "end": None,
+                    "duration_s": None, "attempts": 0, "run_id": None, "metadata": {}, "error": None}
+              for key in STAGES}
+    first_start = None
+    for run in oldest_first:
+        for stat in instance.get_run_step_stats(run.run_id):
+            stage = stages.get(stat.step_key)
+            if stage is None:
+                continue
+            stage["attempts"] += max(1, stat.attempts or 1)
+            stage["run_id"] = run.run_id
+            stage["start"], stage["end"] = _ts(stat.start_time), _ts(stat.end_time)
+            stage["duration_s"] = round(stat.end_time - stat.start_time, 3) if stat.start_time and stat.end_time else None
+            status = stat.status.value if stat.status else "IN_PROGRESS"
+            stage["state"] = {"SUCCESS": "done", "FAILURE": "failed", "SKIPPED": "skipped",
+                              "IN_PROGRESS": "running"}.get(status, status.lower())
+            stage["error"] = None
+        for rec in records(instance, run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+            event = rec.event_log_entry.dagster_event
+            stage = stages.get(event.step_key)
+            if stage is None:
+                continue
+            metadata = event.step_materialization_data.materialization.metadata
+            stage["metadata"] = {k: _metadata_value(metadata[k]) for k in SHOWN_METADATA[event.step_key]
+                                 if k in metadata}
+        for rec in records(instance, run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+            line = log_line(rec)
+            if line["stage"] in stages:
+                stages[line["stage"]]["error"] = line["message"]
+        if first_start is None:
+            start = records(instance, run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+            if start:
+                first_start = start[0].event_log_entry.timestamp
+    latest = runs[0] if runs else None
+    state = job_state(job, runs)
+    if state == "cancelled":
+        for stage in stages.values():
+            if stage["state"] in ("pending", "running"):
+                stage["state"] = "skipped" if stage["state"] == "pending" else "cancelled"
+    created = job.created_at.timestamp()
+    queue = {"stage": "queued", "label": "Queued", "start": _ts(created), "end": _ts(first_start),
+             "duration_s": round(first_start - created, 3) if first_start else None,
+             "state": "done" if first_start else ("cancelled" if state == "cancelled" else "running")}
+    return {
+        "job_id": job.id,
+        "state": state,
+        "queue": queue,
+        "stages": [stages[k] for k in STAGES],
+        "runs": [{"run_id": r.run_id, "status": r.status.value,
+                  "kind": "retry" if r.parent_run_id else "run"} for r in oldest_first],
+        "run_wall_s": _run_wall(instance, latest, oldest_first),
+        "last_log_line": last_line(instance, latest),
+    }
+
+
+def _run_wall(instance, latest, runs: Iterable) -> float | None:
+    total = 0.0
+    for run in runs:
+        rec = instance.get_run_record_by_id(run.run_id)
+        if rec and rec.start_time and rec.end_time:
+            total += rec.end_time - rec.start_time
+    return round(total, 3) if total else None
+
+
+def current_stage(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> str | None:
+    if run is None:
+        return None
+    current = None
+    for stat in instance.get_run_step_stats(run.run_id):
+        if stat.step_key in STAGE_LABELS:
+            if stat.status is None or stat.status.value == "IN_PROGRESS" or stat.status.value == "FAILURE":
+                return stat.step_key
+            current = stat.step_key
+    return current
