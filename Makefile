@@ -13,6 +13,7 @@ run: setup
 	@scripts/run.sh
 
 test: setup
+	@scripts/setup_system.sh --test
 	@scripts/test.sh
 
 setup: system-deps $(VENV)/.installed

@@ -201,4 +201,5 @@ class Accounts:
 
 
 def csrf_matches(expected: str, given: str | None) -> bool:
-    return bool(given) and hmac.compare_digest(expected, given)
+    # as bytes: compare_digest raises TypeError on non-ASCII str (header bytes arrive as latin-1)
+    return bool(given) and hmac.compare_digest(expected.encode(), given.encode())

@@ -184,6 +184,8 @@ class UploadStore:
             raise UploadError(413, f"file is {size_bytes} bytes; the limit is {self.max_upload_mb()} MB (MAX_UPLOAD_MB)")
         if not is_media_type(content_type):
             raise UploadError(415, f"content type {str(content_type)[:80]!r} is not video/* or audio/*")
+        if len(content_type.split(";")[0].strip()) > 128:  # the column is VARCHAR(128): Postgres would refuse it
+            raise UploadError(422, "content_type is longer than 128 characters")
         if sha256 is not None:
             sha256 = str(sha256).lower()
             if not SHA256_RE.match(sha256):
@@ -207,11 +209,16 @@ class UploadStore:
             if used + size_bytes > self.quota_bytes():
                 raise UploadError(413, f"upload quota exceeded: {used // 1024**2} MB used of "
                                        f"{self.quota_bytes() // 1024**2} MB (USER_QUOTA_GB); delete old uploads")
+            s.add(row)
+            s.flush()
             path = self.data_path(row.id)
             path.parent.mkdir(parents=True)
-            with open(path, "wb") as fh:
-                fh.truncate(size_bytes)  # sparse: chunks are written at their offsets
-            s.add(row)
+            try:
+                with open(path, "wb") as fh:
+                    fh.truncate(size_bytes)  # sparse: chunks are written at their offsets
+            except OSError:
+                self._remove_data(row.id)
+                raise
         return UploadView.from_row(row)
 
     def get(self, upload_id: str, user: User | None) -> UploadView:

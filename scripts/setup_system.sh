@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the platform needs, when missing: ffmpeg, espeak-ng, apertium-eng-spa.
+# Installs the Debian packages the platform needs, when missing: ffmpeg, espeak-ng, apertium-eng-spa;
+# with --test also Chromium for the browser tests (Debian's; a downloaded browser never works here).
 set -euo pipefail
 missing=()
+if [ "${1:-}" = "--test" ]; then
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 [ -f /usr/share/apertium/modes/eng-spa.mode ] || missing+=(apertium-eng-spa)

@@ -18,12 +18,18 @@ router = APIRouter(prefix="/api", tags=["auth"])
 
 
 class LoginLimiter:
-    """At most `attempts` failed logins per window, per client address and per user name."""
+    """Failed logins per window: at most `attempts` per user name, and `per_address` (more, so that
+    users behind one proxy address do not lock each other out as fast) per client address. A
+    success clears only its user name's failures."""
 
-    def __init__(self, attempts: int = 5, window_s: float = 300.0):
+    def __init__(self, attempts: int = 5, window_s: float = 300.0, per_address: int | None = None):
         self.attempts, self.window = attempts, window_s
+        self.per_address = per_address or attempts * 4
         self.failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self.lock = threading.Lock()
+
+    def _limit(self, key: str) -> int:
+        return self.per_address if key.startswith("ip:") else self.attempts
 
     def retry_after(self, *keys: str) -> int:
         now = time.monotonic()
@@ -33,7 +39,7 @@ class LoginLimiter:
                 q = self.failures[key]
                 while q and now - q[0] > self.window:
                     q.popleft()
-                if len(q) >= self.attempts:
+                if len(q) >= self._limit(key):
                     waits.append(int(self.window - (now - q[0])) + 1)
             return max(waits, default=0)
 
@@ -45,7 +51,8 @@ class LoginLimiter:
     def clear(self, *keys: str) -> None:
         with self.lock:
             for key in keys:
-                self.failures.pop(key, None)
+                if not key.startswith("ip:"):
+                    self.failures.pop(key, None)
 
 
 limiter = LoginLimiter(attempts=int(os.environ.get("LOGIN_MAX_FAILURES", "5")))

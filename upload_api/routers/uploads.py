@@ -22,6 +22,7 @@ from upload_api.deps import bind, current_user, uploads
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
 log = logs.logging.getLogger("dubbing.api.uploads")
 WRITE_BLOCK = 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and part headers around a chunk
 
 _locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
 
@@ -110,9 +111,15 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
         raise UploadError(400, "X-Chunk-SHA256 must be 64 hex digits", view)
     offset, length = view.chunk_range(index)
     declared = request.headers.get("content-length")
-    if declared is not None and not request.headers.get("content-type", "").startswith("multipart/") \
-            and declared.isdigit() and int(declared) != length:
-        raise UploadError(400, f"chunk {index} must be {length} bytes, not {declared}", view)
+    multipart = request.headers.get("content-type", "").startswith("multipart/")
+    if declared is not None and declared.isdigit():
+        if not multipart and int(declared) != length:
+            raise UploadError(400, f"chunk {index} must be {length} bytes, not {declared}", view)
+        if multipart and int(declared) > length + MULTIPART_OVERHEAD:
+            raise UploadError(413, f"multipart body of {declared} bytes is too big for chunk {index} "
+                                   f"({length} bytes)", view)
+    elif multipart:
+        raise UploadError(411, "a multipart chunk needs a Content-Length header", view)
     async with upload_lock(view.id):
         view = await get_upload(request, upload_id, user)
         uploads().require_receiving(view)
