@@ -73,6 +73,7 @@ cat <<MSG
 dubbing platform is up (embedded instance: SQLite in $DAGSTER_HOME, files in $DUBBING_DATA_DIR)
   Dagster UI:  http://$HOST:$PORT
   API:         http://$API_HOST:$API_PORT   (OpenAPI docs: http://$API_HOST:$API_PORT/docs)
+  web UI:      http://$API_HOST:$API_PORT/ui   (Dagster UI for admins: http://$API_HOST:$API_PORT/dagster)
   logs:        $LOGS
   dub a file:  .venv/bin/dubbing dub VIDEO --to es
 Ctrl-C stops it.
