@@ -88,7 +88,7 @@ def test_sensor_loop_expires_abandoned_uploads(tmp_path):
 
 def upload_and_complete(api, who, path, target):
     with api.client(who) as c:
-        return upload_file(c, path, target)
+        return upload_file(c, path, target)[1]
 
 
 def runs_for(instance, job_id):
