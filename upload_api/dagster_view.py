@@ -158,17 +158,19 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
         "stages": [stages[k] for k in STAGES],
         "runs": [{"run_id": r.run_id, "status": r.status.value,
                   "kind": "retry" if r.parent_run_id else "run"} for r in oldest_first],
-        "run_wall_s": _run_wall(instance, latest, oldest_first),
+        "run_wall_s": _run_wall(instance, oldest_first),
         "last_log_line": last_line(instance, latest),
     }
 
 
-def _run_wall(instance, latest, runs: Iterable) -> float | None:
-    total = 0.0
-    for run in runs:
-        rec = instance.get_run_record_by_id(run.run_id)
-        if rec and rec.start_time and rec.end_time:
-            total += rec.end_time - rec.start_time
+def _run_wall(instance, runs: Iterable) -> float | None:
+    """Wall time of all the job's runs together (one query for their records)."""
+    run_ids = [run.run_id for run in runs]
+    if not run_ids:
+        return None
+    total = sum(rec.end_time - rec.start_time
+                for rec in instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
+                if rec.start_time and rec.end_time)
     return round(total, 3) if total else None
 
 
