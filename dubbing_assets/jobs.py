@@ -1,6 +1,7 @@
 import dagster as dg
 
 from dubbing_assets.stage import GROUP
+from sensors.hooks import notify_failure_detail
 
 # In-process executor: all stages of a run share one process, so each engine's model is loaded
 # once per run (and the run pays no per-step process start). See docs/architecture.md.
@@ -11,7 +12,13 @@ dub_job = dg.define_asset_job(
     description="Dub one job (one dynamic partition): source -> audio -> transcript -> translation "
                 "-> dubbed speech -> mix -> export.",
     tags={"dagster/max_retries": 2, "dagster/retry_strategy": "FROM_FAILURE"},
+    hooks={notify_failure_detail},
 )
 
 STAGES = ["source_media", "extracted_audio", "transcript", "translation", "dubbed_speech",
           "dubbed_mix", "dubbed_video"]
+# Short names people see (web UI, notifications)
+STAGE_LABELS = {
+    "source_media": "Probe", "extracted_audio": "Extract audio", "transcript": "ASR",
+    "translation": "Translate", "dubbed_speech": "TTS", "dubbed_mix": "Mix", "dubbed_video": "Export",
+}

@@ -9,13 +9,9 @@ from typing import Iterable
 
 import dagster as dg
 
-from dubbing_assets.jobs import STAGES
+from dubbing_assets.jobs import STAGE_LABELS, STAGES
 from resources.jobstore import JobRecord
 
-STAGE_LABELS = {
-    "source_media": "Probe", "extracted_audio": "Extract audio", "transcript": "ASR",
-    "translation": "Translate", "dubbed_speech": "TTS", "dubbed_mix": "Mix", "dubbed_video": "Export",
-}
 STATE_OF_RUN = {
     "QUEUED": "queued", "NOT_STARTED": "queued", "MANAGED": "queued", "STARTING": "queued",
     "STARTED": "running", "SUCCESS": "done", "FAILURE": "failed", "CANCELING": "cancelling",

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from resources import logs
 from resources.accounts import Accounts, User, csrf_matches
 from resources.jobstore import JobStore
+from resources.notify import NotifyStore, NtfyResource
 from resources.storage import MediaStorage
 from resources.uploads import UploadStore
 
@@ -30,6 +31,17 @@ def accounts() -> Accounts:
 @functools.cache
 def uploads() -> UploadStore:
     return UploadStore(job_store())
+
+
+@functools.cache
+def notify_store() -> NotifyStore:
+    return NotifyStore(job_store())
+
+
+@functools.cache
+def ntfy() -> NtfyResource:
+    """The ntfy server settings from the environment (the same variables the daemon reads)."""
+    return NtfyResource.from_env()
 
 
 @functools.cache

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from resources import accounts, uploads  # noqa: F401  (their tables join Base.metadata)
+from resources import accounts, notify, uploads  # noqa: F401  (their tables join Base.metadata)
 from resources.jobstore import Base
 
 config = context.config

@@ -1,0 +1,137 @@
+"""Notifications of finished, failed and cancelled dub jobs.
+
+Run-status sensors (they run in the daemon, so they fire even when a run worker crashed) write each
+notification once into the outbox, keyed by (run id, event), and try to deliver it at once; the
+`notify_outbox` sensor delivers what is still pending (ntfy down, 5xx, 429) with jittered backoff."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import sqlalchemy as sa
+
+from dubbing_assets.jobs import STAGE_LABELS, dub_job
+from resources.accounts import UserRow
+from resources.jobstore import JobStore
+from resources.notify import HELD, PENDING, SKIPPED, NotifyStore, NtfyResource, deliver_due
+from resources.storage import MediaStorage
+
+WILL_RETRY_TAG = "dagster/will_retry"
+SENSOR_INTERVAL_S = int(os.environ.get("NOTIFY_SENSOR_INTERVAL_S", "5"))
+OUTBOX_INTERVAL_S = int(os.environ.get("NTFY_OUTBOX_INTERVAL_S", "10"))
+
+
+def _failure_detail(instance: dg.DagsterInstance, run_id: str, store: NotifyStore) -> dict:
+    """The failing stage and its message: from the failure hook, else from the event log (a run
+    whose worker died has no hook call)."""
+    held = store.get(run_id, "failure")
+    if held and held.detail.get("stage"):
+        return held.detail
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
+        event = record.event_log_entry.dagster_event
+        error = event.step_failure_data.error if event and event.step_failure_data else None
+        return {"stage": event.step_key if event else None,
+                "message": (error.message.strip().splitlines() or [""])[0][:1000] if error else ""}
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records:
+        return {"stage": None, "message": (record.event_log_entry.message or "")[:1000]}
+    return {}
+
+
+def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntfy: NtfyResource,
+               job_store: JobStore, storage: MediaStorage) -> str:
+    """Write the notification for a run that ended (`event`: success | failure | cancel) into the
+    outbox, once. Returns what was decided, for the sensor's log."""
+    store = NotifyStore(job_store)
+    existing = store.get(run.run_id, event)
+    if existing is not None and existing.status != HELD:
+        return f"already {existing.status}"
+    job_id = run.tags.get("dagster/partition")
+
+    def skip(reason: str) -> str:
+        store.enqueue(run.run_id, event, job_id=job_id, user_id=None, topic=None, payload=None,
+                      status=SKIPPED, reason=reason)
+        return f"skipped: {reason}"
+
+    if not job_id:
+        return skip("the run has no job partition")
+    if event == "failure":
+        fresh = instance.get_run_by_id(run.run_id) or run
+        if fresh.tags.get(WILL_RETRY_TAG) == "true":
+            return skip("the run will be retried; its retry sends the notification")
+    try:
+        job = job_store.get_job(job_id)
+    except KeyError:
+        return skip("no job record")
+    if not job.owner:
+        return skip("the job has no owner")
+    with sa.orm.Session(job_store.engine()) as session:
+        user_name = session.scalar(sa.select(UserRow.name).where(UserRow.id == job.owner))
+    if user_name is None:
+        return skip("the job's owner no longer exists")
+    settings = store.get_settings(job.owner)
+    if not settings.wants(event):
+        return skip("turned off in the owner's settings")
+    if not ntfy.configured:
+        return skip("ntfy is not configured (NTFY_URL is not set)")
+
+    record = instance.get_run_record_by_id(run.run_id)
+    run_seconds = None
+    if record and record.start_time and record.end_time:
+        run_seconds = record.end_time - record.start_time
+    media_seconds = None
+    try:
+        media_seconds = float(storage.read_json(job.id, "source.json").get("duration_s"))
+    except (FileNotFoundError, ValueError, TypeError, OSError):
+        pass
+    detail = _failure_detail(instance, run.run_id, store) if event == "failure" else {}
+    download = None
+    if event == "success":
+        outputs = storage.outputs_dir(job.id)
+        videos = sorted(p.name for p in outputs.glob("*") if p.suffix in (".mkv", ".mp4")) \
+            if outputs.is_dir() else []
+        download = videos[0] if videos else None
+    topic = ntfy.topic_for(user_name, settings)
+    payload = ntfy.job_message(
+        event, topic=topic, priority=settings.priority, job_id=job.id, filename=job.filename,
+        source_lang=job.source_lang, target_lang=job.target_lang, media_seconds=media_seconds,
+        run_seconds=run_seconds, stage_label=STAGE_LABELS.get(detail.get("stage") or "", detail.get("stage")),
+        error=detail.get("message"), download=download)
+    wrote = store.enqueue(run.run_id, event, job_id=job.id, user_id=job.owner, topic=topic, payload=payload,
+                          status=PENDING)
+    return f"queued for {topic}" if wrote else "already queued"
+
+
+def _notify_sensor(event: str, status: dg.DagsterRunStatus) -> dg.SensorDefinition:
+    @dg.run_status_sensor(
+        run_status=status, monitored_jobs=[dub_job], name=f"notify_on_{event}",
+        default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=SENSOR_INTERVAL_S,
+        description=f"Push notification (ntfy) to the job's owner when a dub job's run ends in {status.value}.")
+    def _sensor(context: dg.RunStatusSensorContext, ntfy: NtfyResource, job_store: JobStore,
+                storage: MediaStorage):
+        decided = notify_run(context.instance, context.dagster_run, event, ntfy, job_store, storage)
+        context.log.info(f"run {context.dagster_run.run_id} ({event}): {decided}")
+        for entry, delivery in deliver_due(ntfy, NotifyStore(job_store)):
+            context.log.info(f"ntfy {entry.event} of run {entry.run_id}: {delivery.outcome} ({delivery.reason})")
+
+    return _sensor
+
+
+notify_on_success = _notify_sensor("success", dg.DagsterRunStatus.SUCCESS)
+notify_on_failure = _notify_sensor("failure", dg.DagsterRunStatus.FAILURE)
+notify_on_cancel = _notify_sensor("cancel", dg.DagsterRunStatus.CANCELED)
+
+
+@dg.sensor(name="notify_outbox", minimum_interval_seconds=OUTBOX_INTERVAL_S,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Delivers notifications still pending in the outbox (ntfy was down, busy or "
+                       "rate-limiting), with jittered exponential backoff.")
+def notify_outbox(context: dg.SensorEvaluationContext, ntfy: NtfyResource, job_store: JobStore):
+    store = NotifyStore(job_store)
+    done = deliver_due(ntfy, store, limit=50)
+    store.purge(older_than_days=30)
+    sent = sum(1 for _, d in done if d.ok)
+    return dg.SkipReason(f"{len(done)} attempt(s), {sent} delivered")
+
+
+NOTIFY_SENSORS = [notify_on_success, notify_on_failure, notify_on_cancel, notify_outbox]

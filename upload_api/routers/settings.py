@@ -1,0 +1,100 @@
+"""A user's own settings: push notifications (ntfy). The server's ntfy secret never leaves the server:
+answers say only whether notifications are configured and where the server is."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from resources import logs
+from resources.accounts import User
+from resources.notify import NotifySettings, topic_problem
+from upload_api.deps import current_user, notify_store, ntfy
+
+router = APIRouter(prefix="/api/settings", tags=["settings"])
+log = logging.getLogger("dubbing.api")
+TEST_INTERVAL_S = 5.0
+_last_test: dict[str, float] = {}
+_test_lock = threading.Lock()
+
+
+class NotificationsIn(BaseModel):
+    """Fields left out keep their value; topic null or "" goes back to the default topic."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: StrictBool | None = None
+    topic: StrictStr | None = Field(default=None, max_length=200)
+    priority: StrictInt | None = Field(default=None, ge=1, le=5, description="ntfy priority, 1 (min) to 5 (max)")
+    on_success: StrictBool | None = None
+    on_failure: StrictBool | None = None
+    on_cancel: StrictBool | None = None
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value:
+            problem = topic_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+class SettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    notifications: NotificationsIn
+
+
+def settings_view(user: User, current: NotifySettings) -> dict:
+    server = ntfy()
+    return {
+        "notifications": {**current.to_dict(), "effective_topic": server.topic_for(user.name, current),
+                          "default_topic": server.default_topic(user.name)},
+        "server": {"configured": server.configured, "url": server.server_label() or None,
+                   "auth_configured": bool(server.auth.strip()),
+                   "deep_links": bool(server.public_base_url.strip())},
+    }
+
+
+@router.get("")
+async def get_settings(user: User = Depends(current_user)):
+    current = await run_in_threadpool(notify_store().get_settings, user.id)
+    return settings_view(user, current)
+
+
+@router.put("")
+async def put_settings(body: SettingsIn, user: User = Depends(current_user)):
+    changes = {k: getattr(body.notifications, k) for k in body.notifications.model_fields_set}
+    for key, value in list(changes.items()):
+        if value is None and key != "topic":
+            raise HTTPException(422, f"notifications.{key}: must not be null (leave it out to keep it)")
+    current = await run_in_threadpool(lambda: notify_store().put_settings(user.id, **changes))
+    logs.audit("notification settings changed", user_id=user.id, fields=sorted(changes))
+    return settings_view(user, current)
+
+
+@router.post("/test-notification")
+async def test_notification(user: User = Depends(current_user)):
+    """Send a test message to the user's topic now (not through the outbox: the answer says whether
+    the server took it)."""
+    server = ntfy()
+    if not server.configured:
+        raise HTTPException(409, "notifications are not configured on this server: an administrator sets NTFY_URL")
+    with _test_lock:
+        waited = time.monotonic() - _last_test.get(user.id, -1e9)
+        if waited < TEST_INTERVAL_S:
+            raise HTTPException(429, f"one test notification every {TEST_INTERVAL_S:.0f} s: try again shortly",
+                                headers={"Retry-After": str(int(TEST_INTERVAL_S - waited) + 1)})
+        _last_test[user.id] = time.monotonic()
+    current = await run_in_threadpool(notify_store().get_settings, user.id)
+    topic = server.topic_for(user.name, current)
+    delivery = await run_in_threadpool(server.publish, server.test_message(topic, current.priority, user.name))
+    logs.log(log, "ntfy send", level=logging.INFO if delivery.ok else logging.WARNING, kind="test",
+             outcome=delivery.outcome, status=delivery.status, reason=delivery.reason, topic=topic, attempt=1)
+    if not delivery.ok:
+        raise HTTPException(502, f"the test notification was not delivered: {delivery.reason}")
+    return {"delivered": True, "topic": topic}
