@@ -20,8 +20,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from resources.accounts import User
 from upload_api import dagster_view as dv
-from upload_api.deps import SESSION_COOKIE, accounts, bind, dagster_instance, job_store
+from upload_api.deps import SESSION_COOKIE, accounts, bind, dagster_instance, job_store, notify_store
 from upload_api.routers import jobs as jobs_api
+from upload_api.routers import settings as settings_api
 
 router = APIRouter(include_in_schema=False, tags=["ui"])
 
@@ -209,9 +210,22 @@ async def admin_page(request: Request, name: str, title: str):
     return render(request, name, title=title)
 
 
+PRIORITIES = [  # ntfy's priority names and what the ntfy app does with them
+    (1, "min", "no sound, folded away"), (2, "low", "no sound or vibration"),
+    (3, "default", "short vibration and sound"), (4, "high", "long vibration, pop-over"),
+    (5, "max", "urgent: long vibration bursts"),
+]
+
+
 @router.get("/ui/settings")
 async def settings_page(request: Request):
-    return await admin_page(request, "settings.html", "Settings")
+    """Every user's own settings (push notifications), filled from the same view as GET /api/settings."""
+    user = await page_user(request)
+    if user is None:
+        return login_redirect(request)
+    current = await run_in_threadpool(notify_store().get_settings, user.id)
+    return render(request, "settings.html", title="Settings", view=settings_api.settings_view(user, current),
+                  priorities=PRIORITIES)
 
 
 @router.get("/ui/models")
