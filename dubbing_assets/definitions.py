@@ -18,7 +18,6 @@ from sensors.run_status import cancelled_run_cleanup
 from sensors.upload_sensor import upload_sensor
 
 
-
 def stage_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[

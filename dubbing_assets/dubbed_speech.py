@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from dubbing_assets.checks import no_overlap_check, NO_OVERLAP
+from dubbing_assets.checks import NO_OVERLAP, no_overlap_check
 from dubbing_assets.extracted_audio import MIX_RATE
 from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.stage import GROUP, Timer, log_progress, stage_errors

@@ -103,7 +103,9 @@ class Accounts:
     def add_user(self, name: str, password: str, role: str = "user") -> User:
         name = name.strip().lower()
         if not NAME_RE.match(name):
-            raise AccountError("user names are 1-64 characters: a-z, 0-9, '_', '.', '-' (starting with a letter or digit)")
+            raise AccountError(
+                "user names are 1-64 characters: a-z, 0-9, '_', '.', '-' (starting with a letter or digit)"
+            )
         if role not in ROLES:
             raise AccountError(f"role must be admin or user, not {role!r}")
         if len(password) < 10:

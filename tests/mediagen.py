@@ -49,7 +49,8 @@ def speak_piper(text: str, out: Path) -> np.ndarray:
 
 
 def speech_track(sentences: list[str], workdir: Path, voice: str = "espeak", lead: float = 1.0,
-                 pause: float = 1.2, tail: float = 1.0, tone_db: float = -32.0) -> tuple[Path, list[tuple[float, float]]]:
+                 pause: float = 1.2, tail: float = 1.0,
+                 tone_db: float = -32.0) -> tuple[Path, list[tuple[float, float]]]:
     """A 22.05 kHz mono WAV of the sentences with pauses, over a quiet tone; returns the speech
     intervals too."""
     speak = speak_piper if voice == "piper" else speak_espeak

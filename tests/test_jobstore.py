@@ -8,6 +8,10 @@ import re
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
+
+from resources import jobstore
+from resources.jobstore import JobOptions, JobStore, new_job_id
 
 
 def _head() -> str:
@@ -19,10 +23,6 @@ def _head() -> str:
 
 
 HEAD = _head()
-import sqlalchemy as sa
-
-from resources import jobstore
-from resources.jobstore import JobOptions, JobStore, new_job_id
 
 JOB_ID_RE = re.compile(r"^j[0-9a-f]{32}$")
 

@@ -120,8 +120,9 @@ def test_run_refuses_a_busy_port(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        env = {**os.environ, "DAGSTER_PORT": str(free_port()), "DUBBING_PORT": str(port), "DAGSTER_HOME": str(tmp_path / "h"),
-               "DUBBING_DATA_DIR": str(tmp_path / "d"), "DUBBING_LOG_DIR": str(tmp_path / "l")}
+        env = {**os.environ, "DAGSTER_PORT": str(free_port()), "DUBBING_PORT": str(port),
+               "DAGSTER_HOME": str(tmp_path / "h"), "DUBBING_DATA_DIR": str(tmp_path / "d"),
+               "DUBBING_LOG_DIR": str(tmp_path / "l")}
         proc = subprocess.run([str(ROOT / "scripts" / "run.sh")], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=60)
     assert proc.returncode == 1

@@ -4,8 +4,6 @@ chunk, completion into a job, ownership."""
 import hashlib
 import socket
 
-import pytest
-
 from live import upload_file
 
 

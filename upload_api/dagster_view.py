@@ -116,7 +116,8 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
             stage["attempts"] += max(1, stat.attempts or 1)
             stage["run_id"] = run.run_id
             stage["start"], stage["end"] = _ts(stat.start_time), _ts(stat.end_time)
-            stage["duration_s"] = round(stat.end_time - stat.start_time, 3) if stat.start_time and stat.end_time else None
+            both = stat.start_time and stat.end_time
+            stage["duration_s"] = round(stat.end_time - stat.start_time, 3) if both else None
             status = stat.status.value if stat.status else "IN_PROGRESS"
             stage["state"] = {"SUCCESS": "done", "FAILURE": "failed", "SKIPPED": "skipped",
                               "IN_PROGRESS": "running"}.get(status, status.lower())
