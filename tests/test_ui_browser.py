@@ -5,8 +5,9 @@ Log in through the form, upload a generated video through the wizard while the n
 chunk requests for a while (the UI says so, retries with backoff and finishes once the network is
 back), follow the job page until Export is done, download the MKV and find the player. Also: pages
 redirect to the login without a session, another user's job is a 404 page, admin pages are for
-admins, and a reload during an upload continues the same upload from next_missing (pause/resume,
-cancel of the job). Screenshots of every step go to tests/artifacts/."""
+admins (the settings page is everyone's: tests/test_settings_ui.py), and a reload during an upload
+continues the same upload from next_missing (pause/resume, cancel of the job). Screenshots of every
+step go to tests/artifacts/."""
 
 from __future__ import annotations
 
@@ -231,9 +232,13 @@ def test_upload_through_a_network_drop_then_follow_the_job_to_done(stack, browse
     shot(page, "ui-07-dashboard")
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('dub-upload:'))") == []
 
-    # admin pages are for admins
-    assert page.goto("/ui/settings").status == 403
+    # admin pages are for admins; the settings page is every user's (no ntfy server on this stack)
+    assert page.goto("/ui/models").status == 403
     expect(page.get_by_role("heading", level=1)).to_have_text("Admins only")
+    page.get_by_role("link", name="Settings").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Settings")
+    expect(page.locator("#not-configured")).to_contain_text("Notifications are not set up on this server")
+    expect(page.get_by_role("button", name="Send test notification")).to_be_disabled()
     assert watch.unexpected() == []
 
     # another user's job is a 404 page; the same for root is an admin's view
@@ -251,7 +256,10 @@ def test_upload_through_a_network_drop_then_follow_the_job_to_done(stack, browse
 
     root_ctx, root = new_page(browser, stack)
     login(root, "root")
-    for path, heading in (("/ui/settings", "Settings"), ("/ui/models", "Models")):
+    assert root.goto("/ui/settings").status == 200
+    expect(root.get_by_role("heading", level=1)).to_have_text("Settings")
+    expect(root.locator("#subscribe-topic")).to_have_count(0)  # no NTFY_URL on this stack
+    for path, heading in (("/ui/models", "Models"),):
         assert root.goto(path).status == 200
         expect(root.get_by_role("heading", level=1)).to_have_text(heading)
         expect(root.locator("main")).to_contain_text("Coming soon")
