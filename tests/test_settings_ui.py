@@ -50,8 +50,9 @@ def stack(tmp_path_factory, ntfy):
 
 @pytest.fixture(scope="module")
 def browser():
-    from test_ui_browser import ARGS, ARTIFACTS, CHROMIUM
     from playwright.sync_api import sync_playwright
+
+    from test_ui_browser import ARGS, ARTIFACTS, CHROMIUM
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
