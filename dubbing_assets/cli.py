@@ -194,6 +194,15 @@ def dub(args: argparse.Namespace) -> int:
         options["translator"] = args.translator
 
     _init(quiet=True)
+    from resources import disk, readiness
+
+    reason = readiness.job_unready_reason(args.source, args.to, args.voice, options)
+    if reason:  # the same check as job creation over the API: refused before a run starts
+        raise CliError(reason)
+    try:
+        disk.ensure_free_space(action="a new job")
+    except disk.DiskSpaceError as exc:
+        raise CliError(exc.message) from None
     import dagster as dg
     from dagster._core.utils import make_new_run_id
 

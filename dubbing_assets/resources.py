@@ -17,7 +17,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(resources={
         "job_store": JobStore(database_url=env_or("DATABASE_URL", "")),
         "storage": MediaStorage(root=env_or("DUBBING_DATA_DIR", "")),
-        "asr": AsrResource(model=env_or("ASR_MODEL", BUNDLED)),
+        "asr": AsrResource(model=env_or("ASR_MODEL", BUNDLED), device=env_or("ASR_DEVICE", "cpu")),
         "translator": TranslatorResource(
             backend=env_or("TRANSLATOR", "auto"),
             libretranslate_url=env_or("LIBRETRANSLATE_URL", ""),
@@ -31,5 +31,6 @@ def build_defs() -> dg.Definitions:
             retry_max_s=float(os.environ.get("NTFY_RETRY_MAX_S", "300")),
             give_up_after_h=float(os.environ.get("NTFY_GIVE_UP_AFTER_H", "24")),
         ),
-        "tts": TtsResource(engine=env_or("TTS_ENGINE", "auto"), xtts_model_dir=env_or("XTTS_MODEL_DIR", "")),
+        "tts": TtsResource(engine=env_or("TTS_ENGINE", "auto"), xtts_model_dir=env_or("XTTS_MODEL_DIR", ""),
+                           xtts_device=env_or("XTTS_DEVICE", "cpu")),
     })

@@ -5,6 +5,7 @@ import dagster as dg
 from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
+from resources.disk import ensure_free_space
 from resources.jobstore import JobStore
 from resources.storage import MediaStorage
 
@@ -17,6 +18,8 @@ def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
     job = job_store.get_job(context.partition_key)
     src = Path(job.input_path)
     with stage_errors("source_media"), Timer() as t:
+        # a run refused up front when the disk is low, not halfway through writing its artifacts
+        ensure_free_space(0, storage.root_path(), action="this run")
         info = media.probe(src, job.filename)
         decoded = media.check_audio_decodes(src, info.duration, job.filename)
     summary = {**info.summary(), "decoded_audio_s": round(decoded, 3), "path": str(src),

@@ -9,11 +9,12 @@ import time
 import dagster as dg
 
 from resources.asr import AsrError
+from resources.disk import DiskSpaceError
 from resources.media import MediaError
 from resources.translate import TranslationError
 from resources.tts import TtsError
 
-STAGE_ERRORS = (MediaError, AsrError, TranslationError, TtsError, ValueError, FileNotFoundError)
+STAGE_ERRORS = (MediaError, AsrError, TranslationError, TtsError, DiskSpaceError, ValueError, FileNotFoundError)
 GROUP = "dubbing"
 
 

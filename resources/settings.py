@@ -54,3 +54,37 @@ def env_or(name: str, default):
     if os.environ.get(name, "") != "":
         return dg.EnvVar(name)
     return default
+
+
+def flag(name: str) -> bool:
+    """An on/off variable: 1 (or true/yes/on) is on; unset or anything else is off."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def egress_allowed() -> bool:
+    """ALLOW_EGRESS=1: connections to hosts outside this machine and its private network are allowed
+    (model downloads, a LibreTranslate server on a public address). Off by default: the defaults run
+    offline."""
+    return flag("ALLOW_EGRESS")
+
+
+def downloads_enabled() -> bool:
+    """ENABLE_MODEL_DOWNLOADS=1: a model that is not on disk may be downloaded (where egress is
+    allowed too)."""
+    return flag("ENABLE_MODEL_DOWNLOADS")
+
+
+def downloads_allowed() -> bool:
+    """A model download may run: downloads enabled and egress allowed."""
+    return downloads_enabled() and egress_allowed()
+
+
+def number(name: str, default: float) -> float:
+    """A numeric variable; unset, empty or not a finite non-negative number gives the default (a typo
+    in the environment must not turn every request into a server error)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return default
+    return value if value == value and 0 <= value < float("inf") else default

@@ -171,28 +171,17 @@ class TranslatorResource(dg.ConfigurableResource):
     libretranslate_api_key: str = ""
 
     def choose(self, source: str, target: str, requested: str = "auto") -> Translator:
-        backend = requested if requested and requested != "auto" else self.backend
-        if backend == "auto":
-            if _base(source) == _base(target):
-                return Passthrough()
-            if Apertium.supports(source, target):
-                return Apertium()
-            if Argos.supports(source, target):
-                return Argos()
-            if self.libretranslate_url:
-                return LibreTranslate(self.libretranslate_url, self.libretranslate_api_key)
-            raise TranslationError(
-                f"no translation backend for {source}->{target}: install the apertium pair, an "
-                "argostranslate package, or set LIBRETRANSLATE_URL"
-            )
-        if backend == "passthrough":
+        # the same decision the readiness checks make when a job is created (resources/readiness.py)
+        from resources.readiness import translation_plan
+
+        plan = translation_plan(source, target, requested, default=self.backend,
+                                lt_url=self.libretranslate_url)
+        if not plan.ok:
+            raise TranslationError(plan.reason)
+        if plan.backend == "passthrough":
             return Passthrough()
-        if backend == "apertium":
+        if plan.backend == "apertium":
             return Apertium()
-        if backend == "argos":
+        if plan.backend == "argos":
             return Argos()
-        if backend == "libretranslate":
-            if not self.libretranslate_url:
-                raise TranslationError("translator libretranslate needs LIBRETRANSLATE_URL")
-            return LibreTranslate(self.libretranslate_url, self.libretranslate_api_key)
-        raise TranslationError(f"unknown translation backend {backend!r}")
+        return LibreTranslate(self.libretranslate_url, self.libretranslate_api_key)

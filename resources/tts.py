@@ -16,7 +16,7 @@ from typing import Protocol
 
 import dagster as dg
 
-from resources.models import model_manager
+from resources.models import gpu_present, model_manager, wants_gpu
 
 
 class TtsError(RuntimeError):
@@ -25,6 +25,12 @@ class TtsError(RuntimeError):
 
 def _base(lang: str) -> str:
     return lang.split("-")[0].lower()
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A client-given name as it may appear in a message: short, and no lone surrogates (they would
+    break the JSON of the response)."""
+    return str(text)[:limit].encode("utf-8", "backslashreplace").decode()
 
 
 class TtsEngine(Protocol):
@@ -138,19 +144,32 @@ class Piper:
 XTTS_LICENCE = "Coqui Public Model Licence (non-commercial)"
 
 
-def xtts_unavailable_reason(model_dir: str) -> str | None:
-    """Why XTTS-v2 cannot run here, or None when it can. Loads nothing."""
+XTTS_FILES = ("config.json", "model.pth", "vocab.json")
+
+
+def xtts_reasons(model_dir: str, device: str = "cpu") -> list[str]:
+    """Every reason XTTS-v2 cannot run here (empty when it can). Loads and imports nothing."""
+    reasons = []
     if importlib.util.find_spec("TTS") is None:
-        return "Python package coqui-tts is not installed (pip install '.[coqui]')"
+        reasons.append("Python package coqui-tts is not installed (pip install '.[coqui]')")
     if not model_dir:
-        return "XTTS_MODEL_DIR is not set (XTTS-v2 weights are never downloaded at run time)"
-    d = Path(model_dir)
-    missing = [f for f in ("config.json", "model.pth", "vocab.json") if not (d / f).exists()]
-    if missing:
-        return f"XTTS-v2 weights missing in XTTS_MODEL_DIR: {', '.join(missing)}"
-    if os.environ.get("COQUI_TOS_AGREED", "") != "1":
-        return f"licence acceptance needed: set COQUI_TOS_AGREED=1 to accept the {XTTS_LICENCE}"
-    return None
+        reasons.append("XTTS_MODEL_DIR is not set (XTTS-v2 weights are never downloaded at run time)")
+    else:
+        d = Path(model_dir)
+        missing = [f for f in XTTS_FILES if not (d / f).is_file()]
+        if missing:
+            reasons.append(f"XTTS-v2 weights missing in XTTS_MODEL_DIR: {', '.join(missing)}")
+    if os.environ.get("COQUI_TOS_AGREED", "").strip() != "1":
+        reasons.append(f"licence acceptance needed: set COQUI_TOS_AGREED=1 to accept the {XTTS_LICENCE}")
+    if wants_gpu(device) and not gpu_present():
+        reasons.append(f"GPU required but absent: XTTS_DEVICE={device} and no NVIDIA GPU found")
+    return reasons
+
+
+def xtts_unavailable_reason(model_dir: str, device: str = "cpu") -> str | None:
+    """Why XTTS-v2 cannot run here (the first reason), or None when it can. Loads nothing."""
+    reasons = xtts_reasons(model_dir, device)
+    return reasons[0] if reasons else None
 
 
 class Xtts:
@@ -159,7 +178,7 @@ class Xtts:
     name = "xtts"
 
     def __init__(self, model_dir: str, language: str, speaker_wav: Path | None, device: str = "cpu"):
-        reason = xtts_unavailable_reason(model_dir)
+        reason = xtts_unavailable_reason(model_dir, device)
         if reason:
             raise TtsError(f"XTTS-v2 unavailable: {reason}")
         self.model_dir = Path(model_dir)
@@ -203,30 +222,40 @@ class TtsResource(dg.ConfigurableResource):
 
     engine: str = "auto"
     xtts_model_dir: str = ""
+    xtts_device: str = "cpu"
 
-    def engine_for(self, language: str, requested: str = "auto", voice: str | None = None,
-                   speaker_wav: Path | None = None) -> TtsEngine:
+    def resolve(self, language: str, requested: str = "auto", voice: str | None = None) -> tuple[str, str | None]:
+        """(engine, voice name) a job would use; constructs and loads nothing. Raises TtsError when
+        there is no voice for the language or the engine is unknown. The readiness checks use it too."""
         engine = requested if requested and requested != "auto" else self.engine
         if voice and ":" in voice:  # "piper:en_US-joe-medium", "espeak:es-419"
             engine, voice = voice.split(":", 1)
         if engine == "auto":
-            if xtts_unavailable_reason(self.xtts_model_dir) is None:
+            if xtts_unavailable_reason(self.xtts_model_dir, self.xtts_device) is None:
                 engine = "xtts"
             elif self._piper_voice_for(language):
                 engine = "piper"
             else:
                 engine = "espeak"
         if engine == "espeak":
-            chosen = voice or self._espeak_voice_for(language)
-            return Espeak(chosen)
+            return engine, voice or self._espeak_voice_for(language)
         if engine == "piper":
             chosen = voice or self._piper_voice_for(language)
             if not chosen:
                 raise TtsError(f"no Piper voice for {language}; put one in PIPER_VOICES_DIR or use espeak")
-            return Piper(chosen)
+            return engine, chosen
         if engine == "xtts":
-            return Xtts(self.xtts_model_dir, language, speaker_wav)
-        raise TtsError(f"unknown TTS engine {engine!r} (espeak, piper, xtts or auto)")
+            return engine, None
+        raise TtsError(f"unknown TTS engine {shown(engine)!r} (espeak, piper, xtts or auto)")
+
+    def engine_for(self, language: str, requested: str = "auto", voice: str | None = None,
+                   speaker_wav: Path | None = None) -> TtsEngine:
+        engine, chosen = self.resolve(language, requested, voice)
+        if engine == "espeak":
+            return Espeak(chosen)
+        if engine == "piper":
+            return Piper(chosen)
+        return Xtts(self.xtts_model_dir, language, speaker_wav, self.xtts_device)
 
     @staticmethod
     def _espeak_voice_for(language: str) -> str:

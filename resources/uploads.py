@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from resources import settings
+from resources import disk, readiness, settings
 from resources.accounts import User, as_utc, utcnow
 from resources.jobstore import Base, JobOptions, JobRecord, JobStore
 
@@ -159,10 +159,6 @@ class UploadStore:
     def quota_bytes() -> int:
         return int(float(os.environ.get("USER_QUOTA_GB", "50")) * 1024**3)
 
-    @staticmethod
-    def min_free_bytes() -> int:
-        return int(float(os.environ.get("MIN_FREE_GB", "1")) * 1024**3)
-
     def session(self) -> Session:
         return Session(self.store.engine(), expire_on_commit=False)
 
@@ -181,7 +177,8 @@ class UploadStore:
             raise UploadError(422, "size_bytes must be more than 0")
         limit = self.max_upload_mb() * 1024 * 1024
         if size_bytes > limit:
-            raise UploadError(413, f"file is {size_bytes} bytes; the limit is {self.max_upload_mb()} MB (MAX_UPLOAD_MB)")
+            raise UploadError(413, f"file is {size_bytes} bytes; the limit is {self.max_upload_mb()} MB "
+                                   "(MAX_UPLOAD_MB)")
         if not is_media_type(content_type):
             raise UploadError(415, f"content type {str(content_type)[:80]!r} is not video/* or audio/*")
         if len(content_type.split(";")[0].strip()) > 128:  # the column is VARCHAR(128): Postgres would refuse it
@@ -191,10 +188,10 @@ class UploadStore:
             if not SHA256_RE.match(sha256):
                 raise UploadError(422, "sha256 must be 64 hex digits")
         self.root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.root).free
-        if free - size_bytes < self.min_free_bytes():
-            raise UploadError(507, f"not enough free disk: {free // 1024**2} MB free, the upload needs "
-                                   f"{size_bytes // 1024**2} MB and {self.min_free_bytes() // 1024**3} GB must stay free (MIN_FREE_GB)")
+        try:
+            disk.ensure_free_space(size_bytes, self.root, action="this upload")
+        except disk.DiskSpaceError as exc:
+            raise UploadError(507, exc.message) from None
         chunk = self.chunk_size()
         total = -(-size_bytes // chunk)
         now = utcnow()
@@ -302,6 +299,13 @@ class UploadStore:
         for key in ("max_speed", "duck_db", "target_lufs"):  # NaN/inf pass float() and break the job's JSON
             if not math.isfinite(getattr(opts, key)):
                 raise UploadError(422, f"options: {key} must be a finite number")
+        reason = readiness.job_unready_reason(source_lang, target_lang, voice, opts)
+        if reason:  # refused now, not halfway through the run
+            raise UploadError(422, reason, view)
+        try:
+            disk.ensure_free_space(0, self.root, action="a new job")
+        except disk.DiskSpaceError as exc:
+            raise UploadError(507, f"{exc.message}. The upload is kept: complete it again then", view) from None
         with self.session() as s, s.begin():
             job = self.store.create_job(
                 input_path=str(self.data_path(view.id)), filename=view.filename, source_lang=source_lang,

@@ -578,13 +578,13 @@ def test_complete_refusals_then_success(api, media, blob):
             assert status(c, uid)["state"] == "receiving", body
         refused(c.post(url, json={"target_lang": "es", "pad": "x" * 70_000}), 413)
 
-        r = c.post(url, json={"target_lang": "pt-BR", "sha256": hashlib.sha256(media).hexdigest()})
+        r = c.post(url, json={"target_lang": "es-MX", "sha256": hashlib.sha256(media).hexdigest()})
         assert r.status_code == 200 and r.json()["created"] is True, r.text
         job_id = r.json()["job_id"]
         again = c.post(url, json={"target_lang": "es"})
         assert again.status_code == 200 and again.json() == {"job_id": job_id, "upload_id": uid, "created": False}
         job = c.get(f"/api/jobs/{job_id}")
-        assert job.status_code == 200 and job.json()["target_lang"] == "pt-BR"
+        assert job.status_code == 200 and job.json()["target_lang"] == "es-MX"
         refused(put(c, uid, 0, media), 409, "already complete")
         refused(c.delete(f"/api/uploads/{uid}"), 409, "job")
         assert status(c, uid)["state"] == "complete"

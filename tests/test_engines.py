@@ -362,7 +362,7 @@ def test_choose_backend():
     with pytest.raises(TranslationError) as err:
         resource.choose("en", "ja")
     message = str(err.value)
-    assert "en->ja" in message and "LIBRETRANSLATE_URL" in message and "apertium" in message
+    assert "en→ja" in message and "LIBRETRANSLATE_URL" in message and "apertium" in message
     # A requested backend wins over auto; the resource's backend is the default.
     assert isinstance(resource.choose("en", "es", "passthrough"), Passthrough)
     assert isinstance(TranslatorResource(backend="passthrough").choose("en", "es"), Passthrough)

@@ -199,10 +199,10 @@ def test_patch_refusals_ownership_and_completion_via_chunk_api(api, espeak_video
         r = patch(c, loc, 1000, data[1000:])
         assert r.status_code == 204 and r.headers["upload-offset"] == str(size)
         assert "dubbing-job-id" not in r.headers  # no target_lang in the metadata
-        r = c.post(f"/api/uploads/{upload_id}/complete", json={"target_lang": "fr"})
+        r = c.post(f"/api/uploads/{upload_id}/complete", json={"target_lang": "es-MX"})
         assert r.status_code == 200 and r.json()["created"] is True, r.text
         job = c.get(f"/api/jobs/{r.json()['job_id']}").json()
-        assert job["target_lang"] == "fr" and job["filename"] == "talk.mp4"
+        assert job["target_lang"] == "es-MX" and job["filename"] == "talk.mp4"
         assert head(c, loc).headers["dubbing-job-id"] == r.json()["job_id"]
 
 
@@ -211,7 +211,7 @@ def test_creation_with_upload_then_patch_with_sha256_checksum(api, espeak_video)
     size, half = len(data), len(data) // 2
     with api.client("alice") as c:
         r = create(c, size, body=data[:half], filename="with-body.mp4", filetype="video/mp4",
-                   target_lang="de", voice="espeak:de")
+                   target_lang="es-MX", voice="espeak:es-419")
         assert r.status_code == 201, r.text
         assert r.headers["upload-offset"] == str(half) and "dubbing-job-id" not in r.headers
         loc = r.headers["location"]
@@ -223,10 +223,10 @@ def test_creation_with_upload_then_patch_with_sha256_checksum(api, espeak_video)
         job_id = r.headers["dubbing-job-id"]
         job = c.get(f"/api/jobs/{job_id}")
         assert job.status_code == 200 and job.json()["filename"] == "with-body.mp4"
-        assert job.json()["target_lang"] == "de" and job.json()["source_lang"] == "en"
+        assert job.json()["target_lang"] == "es-MX" and job.json()["source_lang"] == "en"
         from resources.jobstore import JobStore
 
-        assert JobStore().get_job(job_id).voice == "espeak:de"
+        assert JobStore().get_job(job_id).voice == "espeak:es-419"
 
         # a creation body that fails its checksum: 460, and no half-made upload is left behind
         r = create(c, size, body=data[:1000], headers={"Upload-Checksum": sha1_header(data[:999])},

@@ -26,7 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
 
-from resources import logs
+from resources import logs, readiness
 from resources.accounts import User
 from resources.uploads import LANG_RE, UploadError, UploadView
 from upload_api.deps import bind, current_user, uploads
@@ -263,6 +263,11 @@ async def create(request: Request, user: User = Depends(current_user)) -> Respon
     voice = meta.get("voice")
     if voice is not None and len(voice) > 128:
         raise UploadError(422, "voice must be a short name like 'espeak:es'")
+    if meta.get("target_lang"):  # a job that could not run is refused before any byte is sent
+        reason = await run_in_threadpool(readiness.job_unready_reason, meta.get("source_lang") or "en",
+                                         meta["target_lang"], voice or None, {})
+        if reason:
+            raise UploadError(422, reason)
     with_body = request.headers.get("content-type", "").split(";")[0].strip().lower() == OFFSET_TYPE
     declared = request.headers.get("content-length", "0").strip()
     if not with_body and declared not in ("", "0"):
