@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -49,9 +50,19 @@ def storage() -> MediaStorage:
     return MediaStorage()
 
 
-@functools.cache
+_INSTANCE_LOCK = threading.Lock()
+
+
 def dagster_instance():
-    """The Dagster instance of DAGSTER_HOME (the same dagster.yaml the daemon uses)."""
+    """The Dagster instance of DAGSTER_HOME (the same dagster.yaml the daemon uses). Created once,
+    under a lock: two first requests at once (health polls while the instance takes seconds to open)
+    must not both create the SQLite storages, which stamps their Alembic version table twice."""
+    with _INSTANCE_LOCK:
+        return _dagster_instance()
+
+
+@functools.cache
+def _dagster_instance():
     import dagster as dg
 
     from resources import settings
