@@ -122,7 +122,9 @@ def test_sign_only_without_key_is_an_error_that_names_the_fix(unsigned, tmp_path
 def test_release_with_key_signs_and_the_signatures_verify(tmp_path):
     secret, public = new_key(tmp_path / "keys")
     out = tmp_path / "dist"
-    proc = run_release("--out", str(out), RELEASE_SIGNING_KEY_FILE=str(secret),
+    sbom = tmp_path / "dubbing-platform.cdx.json"  # --include: shipped, checksummed and signed too
+    sbom.write_text('{"bomFormat": "CycloneDX"}\n')
+    proc = run_release("--out", str(out), "--include", str(sbom), RELEASE_SIGNING_KEY_FILE=str(secret),
                        RELEASE_SIGNING_KEY_PASSWORD=PASSWORD)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert SKIP_LINE not in proc.stdout
@@ -131,7 +133,10 @@ def test_release_with_key_signs_and_the_signatures_verify(tmp_path):
 
     built = artifacts(out)
     assert len(built) == 2
-    signed = [*built, out / "SHA256SUMS"]
+    assert (out / sbom.name).read_bytes() == sbom.read_bytes()
+    assert (out / "SHA256SUMS").read_text().splitlines() == [
+        f"{sha256(p)}  {p.name}" for p in sorted([*built, out / sbom.name], key=lambda p: p.name)]
+    signed = [*built, out / sbom.name, out / "SHA256SUMS"]
     assert sorted(p.name for p in out.glob("*.minisig")) == sorted(f"{p.name}.minisig" for p in signed)
     pk = minisign.PublicKey.from_file(public)
     for p in signed:
@@ -227,6 +232,43 @@ def test_sign_only_refuses_artifacts_that_changed_after_the_checksums(unsigned, 
     assert proc.returncode == 1
     assert "checksum mismatch" in proc.stderr and "rebuild" in proc.stderr
     assert not list(out.glob("*.minisig"))
+
+
+def test_generate_key_writes_a_usable_pair_and_never_prints_the_password(tmp_path):
+    proc = run_release("--generate-key", str(tmp_path / "k"), RELEASE_SIGNING_KEY_PASSWORD=PASSWORD)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    secret, public = tmp_path / "k" / "minisign.key", tmp_path / "k" / "minisign.pub"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert PASSWORD not in proc.stdout + proc.stderr and secret_line(secret) not in proc.stdout + proc.stderr
+    sk = minisign.SecretKey.from_file(secret)
+    assert sk.is_encrypted()
+    sk.decrypt(PASSWORD)
+    (tmp_path / "f").write_bytes(b"data")
+    sk.sign_file(tmp_path / "f", prehash=True, drop_signature=True)
+    minisign.PublicKey.from_file(public).verify_file(tmp_path / "f")
+    again = run_release("--generate-key", str(tmp_path / "k"), RELEASE_SIGNING_KEY_PASSWORD=PASSWORD)
+    assert again.returncode == 1 and "exists" in again.stderr  # a key is never overwritten
+
+
+def test_signing_refuses_a_key_other_than_the_committed_public_key(unsigned, tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("package_release", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    secret, public = new_key(tmp_path / "keys", password=None)
+    _, committed = new_key(tmp_path / "committed", password=None)
+    out = tmp_path / "dist"
+    shutil.copytree(unsigned[1], out)
+    monkeypatch.setenv("RELEASE_SIGNING_KEY_FILE", str(secret))
+    monkeypatch.delenv("RELEASE_SIGNING_KEY", raising=False)
+    monkeypatch.setattr(module, "PUBLIC_KEY_FILE", committed)
+    with pytest.raises(module.ReleaseError, match="does not belong to the committed"):
+        module.sign(out, "dubbing-platform test")
+    assert not list(out.glob("*.minisig"))
+    monkeypatch.setattr(module, "PUBLIC_KEY_FILE", public)  # the matching public key: signs
+    module.sign(out, "dubbing-platform test")
+    assert len(list(out.glob("*.minisig"))) == 3
 
 
 # ------------------------------------------------------------------------------------ the workflows
