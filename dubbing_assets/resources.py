@@ -1,12 +1,10 @@
 """The resources every stage uses, fed from the environment (dg.EnvVar where a variable is set)."""
 
-import os
-
 import dagster as dg
 
 from resources.asr import BUNDLED, AsrResource
 from resources.jobstore import JobStore
-from resources.notify import NtfyResource
+from resources.notify import NtfyResource, env_float
 from resources.settings import env_or
 from resources.storage import MediaStorage
 from resources.translate import TranslatorResource
@@ -28,8 +26,8 @@ def build_defs() -> dg.Definitions:
             auth=env_or("NTFY_AUTH", ""),  # a secret: dg.EnvVar keeps it out of the Dagster UI
             topic_prefix=env_or("NTFY_TOPIC_PREFIX", "dub-"),
             public_base_url=env_or("PUBLIC_BASE_URL", ""),
-            retry_max_s=float(os.environ.get("NTFY_RETRY_MAX_S", "300")),
-            give_up_after_h=float(os.environ.get("NTFY_GIVE_UP_AFTER_H", "24")),
+            retry_max_s=env_float("NTFY_RETRY_MAX_S", 300),
+            give_up_after_h=env_float("NTFY_GIVE_UP_AFTER_H", 24),
         ),
         "tts": TtsResource(engine=env_or("TTS_ENGINE", "auto"), xtts_model_dir=env_or("XTTS_MODEL_DIR", ""),
                            xtts_device=env_or("XTTS_DEVICE", "cpu")),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,16 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.timezone.utc)
     return value
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return float(default)
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds/hours, not {raw!r}") from None
 
 
 def topic_problem(topic: str) -> str | None:
@@ -180,6 +191,7 @@ class NtfyResource(dg.ConfigurableResource):
     auth: str = ""  # NTFY_AUTH: "tk_..." / "Bearer tk_..." access token, or "user:password"
     topic_prefix: str = "dub-"  # NTFY_TOPIC_PREFIX: a user's default topic is prefix + user name
     public_base_url: str = ""  # PUBLIC_BASE_URL: where users open the web UI (deep links)
+    public_url: str = ""  # NTFY_PUBLIC_URL: the server's address for phones, when NTFY_URL is internal
     timeout_s: float = 10.0
     retry_max_s: float = 300.0  # NTFY_RETRY_MAX_S: the longest wait between two attempts
     give_up_after_h: float = 24.0  # NTFY_GIVE_UP_AFTER_H: stop retrying a message this old
@@ -190,9 +202,8 @@ class NtfyResource(dg.ConfigurableResource):
         env = os.environ
         return cls(url=env.get("NTFY_URL", ""), auth=env.get("NTFY_AUTH", ""),
                    topic_prefix=env.get("NTFY_TOPIC_PREFIX", "dub-"),
-                   public_base_url=env.get("PUBLIC_BASE_URL", ""),
-                   retry_max_s=float(env.get("NTFY_RETRY_MAX_S", "300")),
-                   give_up_after_h=float(env.get("NTFY_GIVE_UP_AFTER_H", "24")))
+                   public_base_url=env.get("PUBLIC_BASE_URL", ""), public_url=env.get("NTFY_PUBLIC_URL", ""),
+                   retry_max_s=env_float("NTFY_RETRY_MAX_S", 300), give_up_after_h=env_float("NTFY_GIVE_UP_AFTER_H", 24))
 
     # -- settings shown to users (never the secret)
 
@@ -211,11 +222,41 @@ class NtfyResource(dg.ConfigurableResource):
         return base, creds
 
     def server_label(self) -> str:
-        return self._split_url()[0] if self.configured else ""
+        """The server's address as users subscribe to it (never with credentials)."""
+        if not self.configured:
+            return ""
+        if self.public_url.strip():
+            parts = urlsplit(self.public_url.strip())
+            return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/"), "", ""))
+        return self._split_url()[0]
+
+    @property
+    def auth_configured(self) -> bool:
+        return self._auth_header() is not None
+
+    def prefix(self) -> str:
+        return re.sub(r"[^-_A-Za-z0-9]", "_", self.topic_prefix or "")[:40]
 
     def default_topic(self, user_name: str) -> str:
-        name = re.sub(r"[^-_A-Za-z0-9]", "_", user_name or "user")
-        return (self.topic_prefix + name)[:64]
+        """prefix + user name. User names may hold '.', which topics may not: such names (and names
+        too long for a topic) get a short digest of the name, so two users never share a topic."""
+        name = user_name or "user"
+        topic = self.prefix() + name
+        if TOPIC_RE.match(topic):
+            return topic
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        cleaned = re.sub(r"[^-_A-Za-z0-9]", "_", name)
+        return (self.prefix() + cleaned)[: 64 - 9] + "-" + digest
+
+    def custom_topic_problem(self, topic: str) -> str | None:
+        """Why a user may not choose `topic`: ntfy's rules, and it must start with the prefix (the
+        platform's ntfy account is granted write access to prefix* topics only)."""
+        problem = topic_problem(topic)
+        if problem:
+            return problem
+        if self.prefix() and not topic.startswith(self.prefix()):
+            return f"topic must start with {self.prefix()!r} (the platform can publish only to those topics)"
+        return None
 
     def topic_for(self, user_name: str, settings: NotifySettings) -> str:
         return settings.topic or self.default_topic(user_name)
@@ -277,8 +318,8 @@ class NtfyResource(dg.ConfigurableResource):
 
     def backoff_s(self, attempts: int) -> float:
         """Seconds until the next attempt after `attempts` failed ones: exponential, jittered."""
-        base = min(self.retry_max_s, 2.0 * (2 ** max(0, attempts - 1)))
-        return max(0.5, base * random.uniform(0.5, 1.5))
+        base = min(self.retry_max_s, 2.0 * (2 ** min(30, max(0, attempts - 1))))
+        return min(self.retry_max_s, max(0.5, base * random.uniform(0.5, 1.5)))
 
     # -- messages
 
@@ -380,6 +421,22 @@ class NotifyStore:
                 setattr(row, key, (value or None) if key == "topic" else value)
             row.updated_at = utcnow()
         return self.get_settings(user_id)
+
+    def topic_taken(self, topic: str, user_id: str, ntfy: NtfyResource) -> bool:
+        """Whether `topic` is another user's chosen or default topic (a topic has one owner: nobody
+        may read, or push into, another user's feed)."""
+        from resources.accounts import UserRow
+
+        with self._session() as session:
+            chosen = session.scalar(sa.select(NotifySettingsRow.user_id).where(
+                NotifySettingsRow.topic == topic, NotifySettingsRow.user_id != user_id))
+            if chosen is not None:
+                return True
+            settings = {row.user_id: row.topic for row in session.scalars(sa.select(NotifySettingsRow))}
+            for uid, name in session.execute(sa.select(UserRow.id, UserRow.name).where(UserRow.id != user_id)):
+                if not settings.get(uid) and ntfy.default_topic(name) == topic:
+                    return True
+        return False
 
     # -- outbox
 

@@ -63,6 +63,23 @@ def test_messages_have_title_click_actions_and_stay_within_ntfy_limits():
     assert "click" not in bare and "actions" not in bare  # no PUBLIC_BASE_URL: no deep link
 
 
+def test_default_topics_never_collide_and_custom_topics_keep_the_prefix():
+    n = NtfyResource(url="http://x")
+    assert n.default_topic("alice") == "dub-alice"
+    dotted, underscored = n.default_topic("a.b"), n.default_topic("a_b")
+    assert dotted != underscored and notify.topic_problem(dotted) is None
+    long_a, long_b = n.default_topic("x" * 63 + "a"), n.default_topic("x" * 63 + "b")
+    assert long_a != long_b and len(long_a) <= 64 and notify.topic_problem(long_a) is None
+    assert "start with 'dub-'" in n.custom_topic_problem("alice-phone")
+    assert n.custom_topic_problem("dub-alice-phone") is None
+    assert NtfyResource(url="http://x", topic_prefix="").custom_topic_problem("anything") is None
+    assert NtfyResource(url="http://x", topic_prefix="d.b-").default_topic("al") == "d_b-al"
+    assert NtfyResource(url="https://u:p@ntfy.example.com").auth_configured
+    assert not NtfyResource(url="https://ntfy.example.com").auth_configured
+    assert NtfyResource(url="http://10.0.0.5", public_url="https://ntfy.example.com/").server_label() \
+        == "https://ntfy.example.com"
+
+
 def test_auth_header_forms():
     assert NtfyResource(url="http://x", auth="tk_abc")._auth_header() == "Bearer tk_abc"
     assert NtfyResource(url="http://x", auth="Bearer tk_abc")._auth_header() == "Bearer tk_abc"
@@ -262,23 +279,32 @@ def test_settings_api_validates_and_never_shows_the_secret(nstack):
             r = a.put("/api/settings", json={"notifications": bad})
             assert r.status_code == 422 and reason in r.json()["detail"], (bad, r.text)
         assert a.put("/api/settings", json={"priority": 4}).status_code == 422  # not under "notifications"
-        r = a.put("/api/settings", json={"notifications": {"priority": 4, "topic": "alice-phone"}})
-        assert r.status_code == 200 and r.json()["notifications"]["effective_topic"] == "alice-phone"
+        r = a.put("/api/settings", json={"notifications": {"priority": 4, "topic": "dub-alice-phone"}})
+        assert r.status_code == 200 and r.json()["notifications"]["effective_topic"] == "dub-alice-phone"
+        r = a.put("/api/settings", json={"notifications": {"topic": "elsewhere"}})
+        assert r.status_code == 422 and "start with 'dub-'" in r.json()["detail"]
+        r = a.put("/api/settings", json={"notifications": {"topic": "dub-bob"}})  # bob's default topic
+        assert r.status_code == 409 and "another user" in r.json()["detail"]
+        assert b.put("/api/settings", json={"notifications": {"topic": "dub-alice-phone"}}).status_code == 409
         r = a.put("/api/settings", json={"notifications": {"topic": None}})
         assert r.json()["notifications"]["effective_topic"] == "dub-alice"
         assert r.json()["notifications"]["priority"] == 4  # untouched fields keep their value
         assert b.get("/api/settings").json()["notifications"]["priority"] == 3  # per user
         assert nstack.client().get("/api/settings").status_code == 401
+        # a notification's download link opened in a browser without a session: to the login page
+        r = nstack.client().get("/api/jobs/j123/outputs/talk.es.mkv", headers={"Accept": "text/html"})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=/api/jobs/j123/outputs/talk.es.mkv"
+        assert nstack.client().get("/api/jobs/j123/outputs/talk.es.mkv").status_code == 401
         for resp in (a.get("/api/settings"), r, a.get("/openapi.json")):
             assert SECRET not in resp.text and SECRET[3:] not in resp.text
 
 
 def test_test_notification_reaches_the_users_topic(nstack, ntfy_server):
     with nstack.client("bob") as b:
-        b.put("/api/settings", json={"notifications": {"topic": "bob-test", "priority": 2}})
+        b.put("/api/settings", json={"notifications": {"topic": "dub-bob-test", "priority": 2}})
         r = b.post("/api/settings/test-notification")
-        assert r.status_code == 200 and r.json() == {"delivered": True, "topic": "bob-test"}, r.text
-        got = ntfy_server.to("bob-test")
+        assert r.status_code == 200 and r.json() == {"delivered": True, "topic": "dub-bob-test"}, r.text
+        got = ntfy_server.to("dub-bob-test")
         assert len(got) == 1 and got[0].priority == 2 and got[0].authorization == f"Bearer {SECRET}"
         assert b.post("/api/settings/test-notification").status_code == 429  # one per 5 s
         b.put("/api/settings", json={"notifications": {"topic": None, "priority": 3}})
@@ -362,7 +388,7 @@ def test_messages_wait_out_an_ntfy_outage_and_arrive_once(nstack, ntfy_server, s
     ntfy_server.stop()
     try:
         with nstack.client("alice") as a:
-            a.put("/api/settings", json={"notifications": {"topic": "alice-outage"}})
+            a.put("/api/settings", json={"notifications": {"topic": "dub-alice-outage"}})
             jobs = [upload_file(a, short_video, "es")[1] for _ in range(2)]
             for job in jobs:
                 wait_for(lambda: job_state(a, job) in ("done", "failed", "cancelled"))
@@ -374,7 +400,7 @@ def test_messages_wait_out_an_ntfy_outage_and_arrive_once(nstack, ntfy_server, s
         ntfy_server.start()
     wait_for(lambda: all(e.status == SENT for e in store.entries() if e.job_id in jobs), timeout=60)
     time.sleep(3)
-    got = ntfy_server.to("alice-outage")
+    got = ntfy_server.to("dub-alice-outage")
     assert sorted(m.click.rsplit("/", 1)[-1] for m in got) == sorted(jobs)  # each once, none lost
     with nstack.client("alice") as a:
         a.put("/api/settings", json={"notifications": {"topic": None}})

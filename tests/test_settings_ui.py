@@ -121,33 +121,33 @@ def test_user_sets_topic_and_priority_saves_reloads_and_tests(stack, browser, nt
     expect(error).to_contain_text("topic 'docs' is reserved by ntfy; choose another name (HTTP 422)")
 
     # a valid topic and priority: saved, and still there after a reload
-    topic.fill("alice-phone_7")
+    topic.fill("dub-alice-phone_7")
     page.get_by_label("Priority").select_option("4")
     page.get_by_label("was cancelled").uncheck()
     expect(page.locator("#settings-status")).to_have_text("You have unsaved changes.")
     page.get_by_role("button", name="Save").click()
-    expect(page.locator("#settings-status")).to_have_text("Saved. Notifications go to the topic alice-phone_7.")
+    expect(page.locator("#settings-status")).to_have_text("Saved. Notifications go to the topic dub-alice-phone_7.")
     expect(error).to_be_hidden()
     expect(topic).not_to_have_attribute("aria-invalid", "true")
-    expect(page.locator("#subscribe-topic")).to_have_text("alice-phone_7")
+    expect(page.locator("#subscribe-topic")).to_have_text("dub-alice-phone_7")
     page.reload()
-    expect(page.get_by_label("Topic")).to_have_value("alice-phone_7")
+    expect(page.get_by_label("Topic")).to_have_value("dub-alice-phone_7")
     expect(page.get_by_label("Priority")).to_have_value("4")
     expect(page.get_by_label("was cancelled")).not_to_be_checked()
     expect(page.get_by_label("is ready")).to_be_checked()
-    expect(page.locator("#subscribe-topic")).to_have_text("alice-phone_7")
+    expect(page.locator("#subscribe-topic")).to_have_text("dub-alice-phone_7")
     with stack.client("alice") as c:
         got = c.get("/api/settings").json()
-    assert got["notifications"] == {"enabled": True, "topic": "alice-phone_7", "priority": 4, "on_success": True,
-                                    "on_failure": True, "on_cancel": False, "effective_topic": "alice-phone_7",
+    assert got["notifications"] == {"enabled": True, "topic": "dub-alice-phone_7", "priority": 4, "on_success": True,
+                                    "on_failure": True, "on_cancel": False, "effective_topic": "dub-alice-phone_7",
                                     "default_topic": "dub-alice"}
     assert got["server"] == {"configured": True, "url": ntfy.url, "auth_configured": True, "deep_links": True}
 
     # the test button: delivered to the fake ntfy server, on the chosen topic, with the platform's token
     page.get_by_role("button", name="Send test notification").click()
     expect(page.locator("#test-status")).to_have_text(
-        "Delivered to the topic alice-phone_7. It should show up in the ntfy app now.")
-    [msg] = ntfy.to("alice-phone_7")
+        "Delivered to the topic dub-alice-phone_7. It should show up in the ntfy app now.")
+    [msg] = ntfy.to("dub-alice-phone_7")
     assert msg.authorization == f"Bearer {SECRET}"
     assert msg.priority == 4 and msg.title == "Test notification from the dubbing platform"
     assert "alice" in msg.message and msg.click == f"{BASE}/ui/settings"
@@ -157,7 +157,7 @@ def test_user_sets_topic_and_priority_saves_reloads_and_tests(stack, browser, nt
     page.get_by_role("button", name="Send test notification").click()
     expect(page.locator("#test-error")).to_have_text(
         "Error: one test notification every 5 s: try again shortly (HTTP 429)")
-    assert len(ntfy.to("alice-phone_7")) == 1
+    assert len(ntfy.to("dub-alice-phone_7")) == 1
 
     # back to the default topic: an empty field
     page.get_by_label("Topic").fill("")
@@ -183,12 +183,12 @@ def test_test_button_saves_first_and_shows_why_delivery_failed(stack, browser, n
     expect(page.locator("#subscribe-topic")).to_have_text("dub-bob")
 
     # unsaved changes go to the server before the test, so the test goes where the form says
-    page.get_by_label("Topic").fill("bob-tablet")
+    page.get_by_label("Topic").fill("dub-bob-tablet")
     page.get_by_label("Priority").select_option("2")
     page.get_by_role("button", name="Send test notification").click()
-    expect(page.locator("#test-status")).to_contain_text("Delivered to the topic bob-tablet.")
-    expect(page.locator("#settings-status")).to_have_text("Saved. Notifications go to the topic bob-tablet.")
-    [msg] = ntfy.to("bob-tablet")
+    expect(page.locator("#test-status")).to_contain_text("Delivered to the topic dub-bob-tablet.")
+    expect(page.locator("#settings-status")).to_have_text("Saved. Notifications go to the topic dub-bob-tablet.")
+    [msg] = ntfy.to("dub-bob-tablet")
     assert msg.priority == 2 and msg.authorization == f"Bearer {SECRET}"
 
     # an invalid unsaved topic: not saved, nothing sent
@@ -198,7 +198,7 @@ def test_test_button_saves_first_and_shows_why_delivery_failed(stack, browser, n
     expect(page.locator("#settings-error")).to_contain_text("topic must be 1 to 64 characters")
     expect(page.locator("#test-error")).to_contain_text("save your settings first")
     assert len(ntfy.requests) == before
-    page.get_by_label("Topic").fill("bob-tablet")  # back to the saved value: the error goes away
+    page.get_by_label("Topic").fill("dub-bob-tablet")  # back to the saved value: the error goes away
     expect(page.locator("#settings-error")).to_be_hidden()
     expect(page.get_by_label("Topic")).not_to_have_attribute("aria-invalid", "true")
 
@@ -222,9 +222,9 @@ def test_test_button_saves_first_and_shows_why_delivery_failed(stack, browser, n
     expect(page.locator("#test-error")).to_contain_text("the ntfy server answered HTTP 503")
     page.wait_for_timeout(5_100)
     page.get_by_role("button", name="Send test notification").click()  # and back
-    expect(page.locator("#test-status")).to_contain_text("Delivered to the topic bob-tablet.")
+    expect(page.locator("#test-status")).to_contain_text("Delivered to the topic dub-bob-tablet.")
     expect(page.locator("#test-error")).to_be_hidden()
-    assert len(ntfy.to("bob-tablet")) == 2
+    assert len(ntfy.to("dub-bob-tablet")) == 2
     no_secret(page, stack)
     assert watch.unexpected() == []
     ctx.close()

@@ -6,10 +6,11 @@ import logging
 import re
 import secrets
 import time
+from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from resources import logs
@@ -20,6 +21,23 @@ from upload_api.routers import auth, jobs, runtime, settings, tus, ui, uploads
 log = logging.getLogger("dubbing.api")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_JSON_BYTES = 64 * 1024
+OUTPUT_PATH = re.compile(r"^/api/jobs/[A-Za-z0-9]{1,64}/outputs/[^/]{1,255}$")
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean "the database is away" (not "the request is wrong"): answered 503."""
+    import psycopg2
+    import sqlalchemy.exc as sa_exc
+
+    errors: list[type[Exception]] = [sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+                                     sa_exc.TimeoutError, psycopg2.OperationalError, psycopg2.InterfaceError]
+    try:
+        from dagster_postgres.utils import DagsterPostgresException
+
+        errors.append(DagsterPostgresException)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def create_app() -> FastAPI:
@@ -76,8 +94,21 @@ def create_app() -> FastAPI:
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
+    async def database_away(request: Request, exc: Exception):
+        # Postgres restarting or unreachable: the client retries (uploads resume from the status)
+        logs.log(log, "database unavailable", level=logging.WARNING, error=type(exc).__name__)
+        return JSONResponse({"detail": "the database is unavailable right now; retry in a few seconds"},
+                            status_code=503, headers={"Retry-After": "2", "Cache-Control": "no-store"})
+
+    for exc_class in database_errors():
+        app.add_exception_handler(exc_class, database_away)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 401 and request.method == "GET" and OUTPUT_PATH.match(request.url.path) \
+                and "text/html" in request.headers.get("accept", ""):
+            # a download link opened in a browser without a session (e.g. from a push notification)
+            return RedirectResponse(f"/ui/login?next={quote(request.url.path, safe='/')}", status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     return app

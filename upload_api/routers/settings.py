@@ -55,7 +55,7 @@ def settings_view(user: User, current: NotifySettings) -> dict:
         "notifications": {**current.to_dict(), "effective_topic": server.topic_for(user.name, current),
                           "default_topic": server.default_topic(user.name)},
         "server": {"configured": server.configured, "url": server.server_label() or None,
-                   "auth_configured": bool(server.auth.strip()),
+                   "auth_configured": server.auth_configured,
                    "deep_links": bool(server.public_base_url.strip())},
     }
 
@@ -72,6 +72,13 @@ async def put_settings(body: SettingsIn, user: User = Depends(current_user)):
     for key, value in list(changes.items()):
         if value is None and key != "topic":
             raise HTTPException(422, f"notifications.{key}: must not be null (leave it out to keep it)")
+    if changes.get("topic"):
+        problem = ntfy().custom_topic_problem(changes["topic"])
+        if problem:
+            raise HTTPException(422, f"notifications.topic: {problem}")
+        taken = await run_in_threadpool(notify_store().topic_taken, changes["topic"], user.id, ntfy())
+        if taken:
+            raise HTTPException(409, "notifications.topic: this topic belongs to another user; choose another")
     current = await run_in_threadpool(lambda: notify_store().put_settings(user.id, **changes))
     logs.audit("notification settings changed", user_id=user.id, fields=sorted(changes))
     return settings_view(user, current)
