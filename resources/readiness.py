@@ -624,8 +624,7 @@ def tts_items(cfg: Config) -> list[Item]:
     if not wants_gpu(cfg.xtts_device):
         xtts.notes.append("runs on the CPU here: far slower than real time; a GPU is recommended (XTTS_DEVICE=cuda)")
     xtts.notes.append("clones the original speaker's voice")
-    if xtts.installed:
-        xtts.cache_key = f"tts:xtts:{Path(cfg.xtts_model_dir)}:{cfg.xtts_device}"
+    xtts.cache_key = f"tts:xtts:{Path(cfg.xtts_model_dir)}:{cfg.xtts_device}"  # Xtts._model's key
     items.append(xtts)
     return items
 

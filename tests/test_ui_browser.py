@@ -259,10 +259,9 @@ def test_upload_through_a_network_drop_then_follow_the_job_to_done(stack, browse
     assert root.goto("/ui/settings").status == 200
     expect(root.get_by_role("heading", level=1)).to_have_text("Settings")
     expect(root.locator("#subscribe-topic")).to_have_count(0)  # no NTFY_URL on this stack
-    for path, heading in (("/ui/models", "Models"),):
-        assert root.goto(path).status == 200
-        expect(root.get_by_role("heading", level=1)).to_have_text(heading)
-        expect(root.locator("main")).to_contain_text("Coming soon")
+    assert root.goto("/ui/models").status == 200  # the page itself: tests/test_models_ui_browser.py
+    expect(root.get_by_role("heading", level=1)).to_have_text("Models")
+    expect(root.locator('tr[data-model-id="translation:apertium:eng-spa"] [data-field="ready"]')).to_have_text("Ready")
     shot(root, "ui-09-admin-models")
     # on a desktop-sized window, an admin sees alice's job (as in the API)
     root.set_viewport_size({"width": 1280, "height": 900})
@@ -292,7 +291,7 @@ def test_reload_mid_upload_continues_the_same_upload(stack, browser, big_video):
     expect(page.get_by_role("heading", name="1. Choose a video")).to_be_focused()
 
     pick_and_start(page, big_video)
-    page.get_by_label("Dub into").select_option("fr")
+    page.get_by_label("Voice", exact=True).select_option("espeak")  # (French would be refused: no en→fr here)
 
     gate = Gate(allow=2)
     page.route(CHUNKS, gate)
@@ -324,7 +323,7 @@ def test_reload_mid_upload_continues_the_same_upload(stack, browser, big_video):
     assert not any("/init" in c for c in calls), calls
     assert [s["index"] for s in gate.seen[:2]] == [2, 3]
     assert all(upload_id in c for c in calls if "chunk" in c)
-    expect(page.get_by_label("Dub into")).to_have_value("fr")  # the choices came back with the upload
+    expect(page.get_by_label("Voice", exact=True)).to_have_value("espeak")  # the choices came back with the upload
     assert progress_bytes(page) == 4 * CHUNK
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("#upload-status")).to_contain_text("Paused")
@@ -334,7 +333,7 @@ def test_reload_mid_upload_continues_the_same_upload(stack, browser, big_video):
     job_id = page.url.rsplit("/", 1)[1]
     with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {stack.tokens['alice']}"}) as c:
         job = c.get(f"/api/jobs/{job_id}").json()
-        assert job["upload_id"] == upload_id and job["target_lang"] == "fr"
+        assert job["upload_id"] == upload_id and job["options"]["tts_engine"] == "espeak"
         assert c.get(f"/api/uploads/{upload_id}").json()["state"] == "complete"
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('dub-upload:'))") == []
 

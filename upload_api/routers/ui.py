@@ -228,6 +228,18 @@ async def settings_page(request: Request):
                   priorities=PRIORITIES)
 
 
+MODEL_GROUPS = [("asr", "Speech recognition"), ("translation", "Translation"), ("tts", "Voices")]
+
+
 @router.get("/ui/models")
 async def models_page(request: Request):
-    return await admin_page(request, "models.html", "Models")
+    """Admins: every engine and model, ready or not and why (the report of GET /api/runtime/models),
+    with prewarm buttons (models.js)."""
+    from resources import readiness
+
+    user = await page_user(request)
+    if user is None or not user.is_admin:
+        return await admin_page(request, "models.html", "Models")  # the login redirect or the 403 page
+    report = await run_in_threadpool(readiness.report)
+    groups = [(kind, label, [m for m in report["models"] if m["kind"] == kind]) for kind, label in MODEL_GROUPS]
+    return render(request, "models.html", title="Models", report=report, groups=groups)

@@ -183,6 +183,25 @@
              voice: name || null, options };
   }
 
+  /* Can this server run a job with these choices? Asked before uploading, so nobody uploads a big
+     file for a language pair or voice that is not installed. null when it can (or when the server
+     does not answer: it checks again when the upload completes). */
+  async function readinessProblem(c) {
+    const q = new URLSearchParams({ source_lang: c.source_lang, target_lang: c.target_lang,
+                                    tts_engine: (c.options && c.options.tts_engine) || "auto" });
+    if (c.voice) q.set("voice", c.voice);
+    try {
+      await Dub.api("GET", "/api/runtime/check?" + q.toString(), { timeoutMs: 15000 });
+      return null;
+    } catch (e) {
+      if (e instanceof Dub.ApiError && e.status === 401) { Dub.toLogin(); return "your session has ended."; }
+      if (e instanceof Dub.ApiError && (e.status === 422 || e.status === 507)) {
+        return "this server cannot make this dub now: " + e.detail + ".";
+      }
+      return null;
+    }
+  }
+
   function applyChoices(rec) {
     if (!rec || !rec.choices) return;
     const c = rec.choices;
@@ -479,7 +498,7 @@
     $("file").addEventListener("change", onFile);
     $("to-langs").addEventListener("click", () => showStep("step-langs"));
     $("back-to-file").addEventListener("click", () => showStep("step-file"));
-    $("start").addEventListener("click", () => {
+    $("start").addEventListener("click", async () => {
       const c = choices();
       if (c.source_lang === c.target_lang) {
         Dub.showError($("langs-error"), "the spoken language and the dub language are the same: pick another one.");
@@ -487,6 +506,14 @@
         return;
       }
       Dub.showError($("langs-error"), "");
+      $("start").disabled = true;
+      const why = await readinessProblem(c);
+      $("start").disabled = false;
+      if (why) {
+        Dub.showError($("langs-error"), why);
+        $("target-lang").focus();
+        return;
+      }
       showStep("step-upload");
       summary();
       run();
