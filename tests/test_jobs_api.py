@@ -121,15 +121,42 @@ def test_download_with_range_requests(stack, done_job, espeak_video):
         assert c.post(f"/api/jobs/{job_id}/cancel").status_code == 409
 
 
+def job_failing_at_translation(stack, client, video) -> str:
+    """A job whose run fails in its translation stage (en→ja: no backend here). Job creation refuses
+    such a job up front (422), so after checking that, the job is written to the job store directly,
+    as if the translation backend had been removed between the job's creation and its run."""
+    from resources.jobstore import JobOptions
+    from resources.uploads import UploadStore
+
+    data = video.read_bytes()
+    init = client.post("/api/uploads/init", json={"filename": video.name, "size_bytes": len(data),
+                                                  "content_type": "video/mp4"}).json()
+    size = init["chunk_bytes"]
+    for i in range(init["total_chunks"]):
+        r = client.put(f"/api/uploads/{init['upload_id']}/chunk", params={"index": i},
+                       content=data[i * size:(i + 1) * size])
+        assert r.status_code == 200, r.text
+    r = client.post(f"/api/uploads/{init['upload_id']}/complete", json={"target_lang": "ja"})
+    assert r.status_code == 422 and "no translation backend for en→ja" in r.json()["detail"], r.text
+    uploads = UploadStore()  # the stack's job store and data folder (make_stack set the environment)
+    view = uploads.get(init["upload_id"], None)
+    with uploads.session() as s, s.begin():
+        job = uploads.store.create_job(input_path=str(uploads.data_path(view.id)), filename=view.filename,
+                                       source_lang="en", target_lang="ja", voice=None, owner=view.owner,
+                                       options=JobOptions(), upload_id=view.id, session=s)
+        uploads.mark_complete(view.id, job, s)
+    return job.id
+
+
 def test_failed_job_shows_the_stage_and_error_and_retries_from_failure(stack, espeak_video):
     with stack.client("bob") as c:
-        _, job_id = upload_file(c, espeak_video, "ja")  # no en->ja translator installed here
+        job_id = job_failing_at_translation(stack, c, espeak_video)
         view = wait_state(c, job_id, {"failed", "done"})
         assert view["state"] == "failed" and view["current_stage"] == "translation"
         tl = c.get(f"/api/jobs/{job_id}/timeline").json()
         by = {s["stage"]: s for s in tl["stages"]}
         assert by["transcript"]["state"] == "done" and by["translation"]["state"] == "failed"
-        assert "no translation backend for en->ja" in by["translation"]["error"]
+        assert "no translation backend for en→ja" in by["translation"]["error"]
         assert by["dubbed_speech"]["state"] in ("pending", "skipped")
         r = c.post(f"/api/jobs/{job_id}/retry")
         assert r.status_code == 202, r.text
