@@ -14,6 +14,7 @@ from dubbing_assets.definitions import defs
 from dubbing_assets.jobs import STAGES
 from resources.asr import AsrResource
 from resources.jobstore import JobStore
+from resources.notify import NtfyResource
 from resources.storage import MediaStorage
 from resources.translate import TranslatorResource
 from resources.tts import TtsResource
@@ -103,12 +104,13 @@ def test_dub_job():
 
 def test_resources():
     resources = dict(defs.resources)
-    assert set(resources) == {"job_store", "storage", "asr", "translator", "tts"}
+    assert set(resources) == {"job_store", "storage", "asr", "translator", "tts", "ntfy"}
     assert isinstance(resources["job_store"], JobStore)
     assert isinstance(resources["storage"], MediaStorage)
     assert isinstance(resources["asr"], AsrResource)
     assert isinstance(resources["translator"], TranslatorResource)
     assert isinstance(resources["tts"], TtsResource)
+    assert isinstance(resources["ntfy"], NtfyResource)
     # Which stage uses which resource (io_manager is Dagster's default, unused: assets return
     # MaterializeResult and keep their artifacts in `storage`).
     required = {name: set(defs.resolve_assets_def(name).required_resource_keys) - {"io_manager"}
@@ -122,7 +124,10 @@ def test_resources():
         "dubbed_mix": {"job_store", "storage"},
         "dubbed_video": {"job_store", "storage"},
     }
-    assert set().union(*required.values()) == set(resources)  # no unused resource
+    # the notifier is used by the notification sensors, not by the stages
+    assert set().union(*required.values()) == set(resources) - {"ntfy"}
+    used_by_sensors = set().union(*(s.required_resource_keys for s in defs.sensors))
+    assert "ntfy" in used_by_sensors  # no unused resource
 
 
 def test_definitions_validate_loadable():

@@ -368,7 +368,7 @@ def test_finished_failed_and_cancelled_jobs_notify_their_owner_once(nstack, ntfy
     assert ok.actions[1]["url"] == f"{BASE}/api/jobs/{done_job}/outputs/short.es.mkv"
     assert "en → es" in ok.message and "video 0:" in ok.message
     assert failed.title == "Dub failed at Translate: broken.mp4", failed.title
-    assert "no translation backend for en->ja" in failed.message
+    assert "no translation backend for en→ja" in failed.message
     assert entries[failed_job].detail.get("stage") == "translation"  # kept by the failure hook
     assert cancelled.title == "Dub cancelled: long_talk.mp4"
     assert all(m.authorization == f"Bearer {SECRET}" for m in mine)

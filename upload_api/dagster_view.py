@@ -43,6 +43,8 @@ def runs_by_job(instance: dg.DagsterInstance, job_ids: list[str]) -> dict[str, l
 
 def job_state(job: JobRecord, runs: list[dg.DagsterRun]) -> str:
     if runs:
+        if runs[0].is_complete_and_waiting_to_retry:
+            return "queued"  # the run crashed and Dagster's run retries will launch it again
         return STATE_OF_RUN.get(runs[0].status.value, runs[0].status.value.lower())
     return "cancelled" if job.cancel_requested_at else "submitted"
 
