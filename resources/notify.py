@@ -203,7 +203,8 @@ class NtfyResource(dg.ConfigurableResource):
         return cls(url=env.get("NTFY_URL", ""), auth=env.get("NTFY_AUTH", ""),
                    topic_prefix=env.get("NTFY_TOPIC_PREFIX", "dub-"),
                    public_base_url=env.get("PUBLIC_BASE_URL", ""), public_url=env.get("NTFY_PUBLIC_URL", ""),
-                   retry_max_s=env_float("NTFY_RETRY_MAX_S", 300), give_up_after_h=env_float("NTFY_GIVE_UP_AFTER_H", 24))
+                   retry_max_s=env_float("NTFY_RETRY_MAX_S", 300),
+                   give_up_after_h=env_float("NTFY_GIVE_UP_AFTER_H", 24))
 
     # -- settings shown to users (never the secret)
 

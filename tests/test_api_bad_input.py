@@ -212,7 +212,8 @@ def test_login_refusals(api):
     with client(api, source="127.0.0.12") as c:
         wrong = "alice-wrong-password-" + secrets.token_hex(4)
         SECRETS.add(wrong)
-        refused(c.post("/api/auth/login", json={"username": "alice", "password": wrong}), 401, "wrong user name or password")
+        refused(c.post("/api/auth/login", json={"username": "alice", "password": wrong}), 401,
+                "wrong user name or password")
         same = refused(c.post("/api/auth/login", json={"username": "nobody-9d41", "password": wrong}), 401)
         assert same == "wrong user name or password"  # unknown users look the same
         refused(c.post("/api/auth/login", json={"username": "alice"}), 422, "password")
@@ -245,7 +246,8 @@ def test_login_rate_limit_per_user_and_address(api):
         r = c.post("/api/auth/login", json={"username": name, "password": password})  # even the right one
         refused(r, 429, "too many failed logins")
         # the address is not locked for other users yet: its limit is higher (shared proxies)
-        assert c.post("/api/auth/login", json={"username": "alice", "password": "alice-password-123"}).status_code == 200
+        good = {"username": "alice", "password": "alice-password-123"}
+        assert c.post("/api/auth/login", json=good).status_code == 200
     with client(api, source="127.0.0.22") as c:  # the user is locked from other addresses too
         r = c.post("/api/auth/login", json={"username": name.upper(), "password": password})
         refused(r, 429, "try again in")
@@ -266,7 +268,8 @@ def test_login_limit_per_address(api):
         r = c.post("/api/auth/login", json={"username": "carla", "password": "carla-password-123"})
         refused(r, 429, "too many failed logins")
     with client(api, source="127.0.0.32") as c:  # carla herself is not locked elsewhere
-        assert c.post("/api/auth/login", json={"username": "carla", "password": "carla-password-123"}).status_code == 200
+        carla = {"username": "carla", "password": "carla-password-123"}
+        assert c.post("/api/auth/login", json=carla).status_code == 200
 
 
 def test_login_limiter_window_passes(monkeypatch):
@@ -414,7 +417,8 @@ def test_init_refuses_bodies_that_are_not_one_small_json_object(api):
         refused(c.post("/api/uploads/init", content=b"", headers={"Content-Type": "application/json"}), 422)
         for body in (b"[]", b"null", b"42", b'"x"'):
             refused(c.post("/api/uploads/init", content=body, headers={"Content-Type": "application/json"}), 422)
-        deep = c.post("/api/uploads/init", content=b"[" * 5000 + b"]" * 5000, headers={"Content-Type": "application/json"})
+        deep = c.post("/api/uploads/init", content=b"[" * 5000 + b"]" * 5000,
+                      headers={"Content-Type": "application/json"})
         refused(deep, None)  # 400 "There was an error parsing the body" (json's recursion limit)
         # lone surrogates (valid JSON escapes, not text) in every string field
         for over in ({"filename": "\ud800evil.mp4"}, {"content_type": "video/\udc00"}, {"sha256": "\ud800" * 64},

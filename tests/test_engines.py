@@ -428,7 +428,8 @@ API_KEY = "lt-secret-7f3a9c"
 
 def test_libretranslate_request_and_answer(libre):
     libre.answer = {"translatedText": ["こんにちは。", "さようなら。"]}
-    backend = TranslatorResource(libretranslate_url=libre.url + "/", libretranslate_api_key=API_KEY).choose("en-US", "ja")
+    resource = TranslatorResource(libretranslate_url=libre.url + "/", libretranslate_api_key=API_KEY)
+    backend = resource.choose("en-US", "ja")
     assert isinstance(backend, LibreTranslate)
     assert backend.translate(["Hello.", "Goodbye."], "en-US", "ja") == ["こんにちは。", "さようなら。"]
     assert libre.requests == [{

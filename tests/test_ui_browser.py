@@ -17,10 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 import mediagen
-
-from playwright.sync_api import expect, sync_playwright
 
 pytestmark = pytest.mark.slow
 
@@ -355,8 +354,8 @@ def test_javascript_sha256_fallback_matches_hashlib(browser):
     import hashlib
 
     src = (Path(__file__).parent.parent / "upload_api/static/upload.js").read_text()
-    body = src[src.index("  const K = new Uint32Array"):src.index("  /* ------------------------------------------------"
-                                                                     "---------------- stored uploads")]
+    end = src.index("  /* ---------------------------------------------------------------- stored uploads")
+    body = src[src.index("  const K = new Uint32Array"):end]
     sizes = [0, 1, 55, 56, 63, 64, 65, 1000, 262_144 + 3]
     page = browser.new_page()
     got = page.evaluate("sizes => {" + body + """
