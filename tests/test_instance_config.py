@@ -18,6 +18,8 @@ def assert_policies(instance: dg.DagsterInstance):
     settings = instance.get_concurrency_config()
     assert settings.run_queue_config.max_concurrent_runs == 2
     assert settings.pool_config.default_pool_limit == 1
+    # slots of a run whose worker was killed mid-step are freed once it has ended (else its retry waits forever)
+    assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 10
 
 
 @pytest.mark.postgres
