@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 export DAGSTER_HOME     ?= $(CURDIR)/var/dagster_home
 export DUBBING_DATA_DIR ?= $(CURDIR)/var/data
 
-.PHONY: run test setup system-deps lock bench clean
+.PHONY: run test gates setup system-deps lock bench clean
 
 run: setup
 	@scripts/run.sh
@@ -15,6 +15,14 @@ run: setup
 test: setup
 	@scripts/setup_system.sh --test
 	@scripts/test.sh
+
+# The reliability gates at full size (make test runs bounded versions of them): the nightly CI job.
+GATES := concurrency_two_users upload_resume job_recovery cancel_midrun db_reconnect smoke_web schemathesis
+gates: setup
+	@scripts/setup_system.sh --test
+	@scripts/test.sh --co -q tests/test_gates.py >/dev/null  # starts PostgreSQL when it is down
+	@failed=""; for g in $(GATES); do $(PY) scripts/e2e_$$g.py || failed="$$failed $$g"; done; \
+	  if [ -n "$$failed" ]; then echo "gates failed:$$failed"; exit 1; fi; echo "all gates passed"
 
 setup: system-deps $(VENV)/.installed
 

@@ -50,7 +50,8 @@ class MediaStorage(dg.ConfigurableResource):
         return path
 
     def read_json(self, job_id: str, name: str) -> Any:
-        path = self.artifact(job_id, name)
+        path = self.job_dir(job_id) / "work" / name  # reading never creates the work folder
+        # (the notification of a cancelled job reads it after the cleanup removed the folder)
         if not path.exists():
             raise FileNotFoundError(
                 f"stage artifact {name} of job {job_id} is missing; materialise its upstream asset first"

@@ -404,3 +404,17 @@ def test_messages_wait_out_an_ntfy_outage_and_arrive_once(nstack, ntfy_server, s
     assert sorted(m.click.rsplit("/", 1)[-1] for m in got) == sorted(jobs)  # each once, none lost
     with nstack.client("alice") as a:
         a.put("/api/settings", json={"notifications": {"topic": None}})
+
+
+def test_reading_an_artifact_never_recreates_a_removed_work_folder(tmp_path):
+    """The cancel notification reads source.json after the cleanup sensor removed work/ (found by the
+    cancel gate: the read used to create the folder again)."""
+    from resources.storage import MediaStorage
+
+    storage = MediaStorage(root=str(tmp_path))
+    storage.write_json("j1", "source.json", {"duration_s": 3})
+    assert storage.read_json("j1", "source.json") == {"duration_s": 3}
+    shutil.rmtree(storage.job_dir("j1") / "work")
+    with pytest.raises(FileNotFoundError):
+        storage.read_json("j1", "source.json")
+    assert not (storage.job_dir("j1") / "work").exists()

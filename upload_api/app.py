@@ -103,6 +103,13 @@ def create_app() -> FastAPI:
     for exc_class in database_errors():
         app.add_exception_handler(exc_class, database_away)
 
+    @app.exception_handler(ValueError)
+    async def refused_text(request: Request, exc: ValueError):
+        if "NUL (0x00)" not in str(exc):
+            raise exc
+        logs.log(log, "refused", status=422, reason="NUL character in a text field")
+        return JSONResponse({"detail": "text fields must not contain NUL characters"}, status_code=422)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         if exc.status_code == 401 and request.method == "GET" and OUTPUT_PATH.match(request.url.path) \

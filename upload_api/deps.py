@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import Annotated
 import threading
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import AfterValidator
 
 from resources import logs
 from resources.accounts import Accounts, User, csrf_matches
@@ -16,6 +18,16 @@ from resources.storage import MediaStorage
 from resources.uploads import UploadStore
 
 SESSION_COOKIE = "dub_session"
+
+
+def _no_control_chars(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain NUL or other control characters")
+    return value
+
+
+# A request text field that is stored or looked up in the database (Postgres refuses NUL in text)
+CleanStr = Annotated[str, AfterValidator(_no_control_chars)]
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 

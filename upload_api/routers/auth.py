@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from resources import logs
 from resources.accounts import User
-from upload_api.deps import SESSION_COOKIE, accounts, current_user
+from upload_api.deps import SESSION_COOKIE, CleanStr, accounts, current_user
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -59,12 +59,12 @@ limiter = LoginLimiter(attempts=int(os.environ.get("LOGIN_MAX_FAILURES", "5")))
 
 
 class LoginIn(BaseModel):
-    username: str = Field(min_length=1, max_length=64)
+    username: CleanStr = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
 
 class TokenIn(BaseModel):
-    name: str = Field(default="api", min_length=1, max_length=128)
+    name: CleanStr = Field(default="api", min_length=1, max_length=128)
 
 
 @router.post("/auth/login")

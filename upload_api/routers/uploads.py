@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 from resources import logs, media
 from resources.accounts import User
 from resources.uploads import SHA256_RE, UploadError, UploadView
-from upload_api.deps import bind, current_user, uploads
+from upload_api.deps import CleanStr, bind, current_user, uploads
 
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
 log = logs.logging.getLogger("dubbing.api.uploads")
@@ -40,16 +40,16 @@ def upload_lock(upload_id: str) -> asyncio.Lock:
 class InitIn(BaseModel):
     filename: str = Field(max_length=1024)
     size_bytes: int = Field(strict=True)  # not true, 1.0 or "1000"
-    content_type: str = Field(max_length=255)
-    sha256: str | None = Field(default=None, max_length=64)
+    content_type: CleanStr = Field(max_length=255)
+    sha256: CleanStr | None = Field(default=None, max_length=64)
 
 
 class CompleteIn(BaseModel):
-    target_lang: str = Field(max_length=16)
-    source_lang: str = Field(default="en", max_length=16)
-    voice: str | None = Field(default=None, max_length=128)
+    target_lang: CleanStr = Field(max_length=16)
+    source_lang: CleanStr = Field(default="en", max_length=16)
+    voice: CleanStr | None = Field(default=None, max_length=128)
     options: dict[str, Any] = Field(default_factory=dict)
-    sha256: str | None = Field(default=None, max_length=64)
+    sha256: CleanStr | None = Field(default=None, max_length=64)
 
 
 def no_store(response: Response) -> None:

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Gate 4: cancelling jobs while RUNNING (during a long stage) and while QUEUED (behind the run
+queue's limit). Each ends cancelled promptly; no run worker or child process is left behind; the job
+folders hold no temp files or outputs; the owner gets exactly one cancel notification per job (from
+a local server speaking ntfy's publish API).
+
+    .venv/bin/python scripts/e2e_cancel_midrun.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e_harness import Deployment, GateFailed, check, make_talk, run_gate, wait_until  # noqa: E402
+
+PROMPT_S = 15  # "promptly": from the cancel request to the job showing cancelled
+
+
+def gate() -> str:
+    from ntfy_fake import FakeNtfy
+
+    ntfy = FakeNtfy(auth="Bearer tk_e2ecancelgate").start()
+    try:
+        with Deployment("cancel", env={"NTFY_URL": ntfy.url, "NTFY_AUTH": "tk_e2ecancelgate",
+                                       "PUBLIC_BASE_URL": "https://dub.example.org"}) as d:
+            d.start("code_server", "daemon", "api")
+            alice = d.client("alice")
+            video = make_talk(d.root / "long", sentences=40, name="long_talk.mp4")  # about 4 min of speech
+            running = [alice.upload(video, "es")["job_id"] for _ in range(2)]  # fill the 2 run slots
+            wait_until(lambda: all(alice.job(j)["state"] == "running" for j in running), 300,
+                       message="the first two jobs did not start")
+            queued = alice.upload(video, "es")["job_id"]
+            wait_until(lambda: (runs := d.runs_of(queued)) and runs[0].status.value == "QUEUED", 60,
+                       message="the third job's run was not queued behind the two running ones")
+            times = {}
+            # cancel the queued one first, then the running ones in the middle of a stage
+            asked = time.time()
+            check(alice.request("POST", f"/api/jobs/{queued}/cancel").status_code == 202, "cancel (queued) refused")
+            alice.wait_job(queued, {"cancelled", "done", "failed"}, timeout=60)
+            times[queued] = time.time() - asked
+            stages, asked_at = {}, {}
+            for job in running:  # both in the middle of a stage, then both cancels back to back
+                view = wait_until(lambda: (v := alice.job(job))["state"] != "running" or v["current_stage"] in
+                                  ("transcript", "translation", "dubbed_speech") and v, 300, every=0.2)
+                check(view["state"] == "running", f"job {job} ended {view['state']} before it could be cancelled")
+                stages[job] = view["current_stage"]
+            for job in running:
+                asked_at[job] = time.time()
+                check(alice.request("POST", f"/api/jobs/{job}/cancel").status_code == 202, "cancel (running) refused")
+            for job in running:
+                alice.wait_job(job, {"cancelled", "done", "failed"}, timeout=60)
+                times[job] = time.time() - asked_at[job]
+            states = {j: alice.job(j)["state"] for j in [*running, queued]}
+            check(all(s == "cancelled" for s in states.values()), f"jobs did not end cancelled: {states}")
+            slow = {j: round(t, 1) for j, t in times.items() if t > PROMPT_S}
+            check(not slow, f"cancels slower than {PROMPT_S} s: {slow}")
+
+            # nothing left behind: run workers and their children, temp files, outputs
+            def leftovers():
+                return [cmd for pid, cmd in d.descendants("code_server")
+                        if "spawn_main" in cmd or "ffmpeg" in cmd or "espeak" in cmd or "watch_orphans" in cmd]
+            wait_until(lambda: not leftovers(), 30, message=f"processes left behind: {leftovers()}")
+            from resources.storage import MediaStorage
+
+            storage = MediaStorage(root=d.env["DUBBING_DATA_DIR"])
+            def left():
+                return [f"{j}/{sub} ({sorted(p.name for p in (storage.job_dir(j) / sub).iterdir())})"
+                        for j in states for sub in ("work", "outputs") if (storage.job_dir(j) / sub).exists()]
+            try:
+                wait_until(lambda: not left(), 30)
+            except GateFailed:
+                raise GateFailed(f"folders of cancelled jobs not removed: {left()}") from None
+            # one cancel notification per job, to the owner's topic
+            wait_until(lambda: len(ntfy.to("dub-alice")) >= 3, 60, message="cancel notifications did not arrive")
+            time.sleep(3)
+            got = ntfy.to("dub-alice")
+            per_job = {j: [m for m in got if m.click and m.click.endswith(j)] for j in states}
+            check(all(len(m) == 1 for m in per_job.values()), f"notifications per job: "
+                  f"{ {j: len(m) for j, m in per_job.items()} }")
+            check(all(m[0].title == "Dub cancelled: long_talk.mp4" for m in per_job.values()),
+                  f"titles: {[m[0].title for m in per_job.values()]}")
+            alice.close()
+            return (f"1 queued + 2 running jobs (in {', '.join(stages.values())}) cancelled in "
+                    f"{max(times.values()):.1f} s at most; no process or file left; 1 cancel notification each")
+    finally:
+        ntfy.stop()
+
+
+if __name__ == "__main__":
+    run_gate("e2e_cancel_midrun", gate)
