@@ -33,7 +33,7 @@ def gate(max_examples: int, seed: int) -> str:
              # the log stream is an endless SSE response while a job runs; a fuzzer gains nothing there
              "--exclude-path-regex", "/logs/stream$",
              "--report", "ndjson", "--report-ndjson-path", str(ndjson)],
-            env=d.env, capture_output=True, text=True, timeout=1800)
+            env=d.env, cwd=d.root, capture_output=True, text=True, timeout=1800)  # its cache stays there
         out = proc.stdout + proc.stderr
         tail = "\n".join(out.splitlines()[-40:])
         print(tail)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import httpx

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Annotated
 import threading
+from typing import Annotated
 
 from fastapi import HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
