@@ -167,7 +167,9 @@ class Deployment:
         self.users: dict = {}
         home = self.root / "dagster_home"
         home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")  # the deployed (Postgres) instance
+        # the deployed (Postgres) instance; E2E_DAGSTER_YAML swaps in another one (e.g. to show that
+        # a gate fails when the behaviour it guards is switched off)
+        shutil.copy(os.environ.get("E2E_DAGSTER_YAML") or ROOT / "dagster.yaml", home / "dagster.yaml")
         self.workspace = self.root / "workspace.yaml"
         self.workspace.write_text(
             "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
