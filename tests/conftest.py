@@ -82,17 +82,28 @@ def pg_url():
         engine.dispose()
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's Chromium: never a downloaded browser
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Playwright (sync API) driving Debian's Chromium, headless; screenshots go to tests/artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's Chromium: apt-get install -y chromium (make test does it)"
+    (Path(__file__).parent / "artifacts").mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     """A live upload API (uvicorn on 127.0.0.1) with users alice, bob and root (admin)."""
-    from live import make_stack
+    from live import running_stack
 
-    saved = {k: os.environ.get(k) for k in ("DUBBING_DATA_DIR", "DAGSTER_HOME")}
-    stack = make_stack(tmp_path_factory.mktemp("api"))
-    stack.start_api()
-    try:
+    with running_stack(tmp_path_factory.mktemp("api")) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        for k, v in saved.items():
-            os.environ[k] = v

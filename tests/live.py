@@ -3,6 +3,7 @@ own data folder, job store and DAGSTER_HOME."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -103,6 +104,27 @@ def make_stack(root: Path) -> Stack:
         stack.users[name] = user
         stack.tokens[name] = accounts.create_token(user, "tests")
     return stack
+
+
+@contextlib.contextmanager
+def running_stack(root: Path, env: dict | None = None, daemon: bool = False):
+    """make_stack + uvicorn (and dagster-daemon), stopped afterwards; the test process's
+    DUBBING_DATA_DIR / DAGSTER_HOME (set by make_stack) are put back."""
+    saved = {k: os.environ.get(k) for k in ("DUBBING_DATA_DIR", "DAGSTER_HOME")}
+    stack = make_stack(root)
+    stack.env.update(env or {})
+    try:
+        stack.start_api()
+        if daemon:
+            stack.start_daemon()
+        yield stack
+    finally:
+        stack.stop_all()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def upload_file(client: httpx.Client, path: Path, target_lang: str = "es", **complete) -> tuple[str, str]:

@@ -11,43 +11,15 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
+
+from test_ui_browser import Watch, login, shot, small_targets
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PREWARM = "**/api/runtime/models/prewarm"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "install Debian's Chromium: apt-get install -y chromium (make test does it)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-class Watch:
-    """Console errors and uncaught exceptions (CSP violations show up here)."""
-
-    def __init__(self, page):
-        self.errors: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-
-    def unexpected(self) -> list[str]:
-        # 409/422 answers the test asks for show up as "Failed to load resource"
-        return [e for e in self.errors if "Failed to load resource" not in e]
-
-
-def shot(page, name: str, full: bool = False) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
 
 
 def new_page(browser, api):
@@ -56,22 +28,6 @@ def new_page(browser, api):
     page = ctx.new_page()
     page.set_default_timeout(20_000)
     return ctx, page
-
-
-def login(page, name: str) -> None:
-    page.goto("/ui/login")
-    page.get_by_label("User name").fill(name)
-    page.get_by_label("Password").fill(f"{name}-password-123")
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(re.compile(r"/ui$"))
-
-
-def small_targets(page) -> list:
-    return page.evaluate("""() => [...document.querySelectorAll('button, a.btn, input, select, summary, nav a')]
-        .filter(e => e.offsetParent !== null)
-        .map(e => [e.id || e.textContent.trim().slice(0, 30), e.getBoundingClientRect().width,
-                   e.getBoundingClientRect().height])
-        .filter(([, w, h]) => w < 44 || h < 44)""")
 
 
 def row(page, model_id: str):

@@ -10,14 +10,13 @@ API's log."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 
 import pytest
 from playwright.sync_api import expect
 
-from live import make_stack
+from live import running_stack
 from ntfy_fake import FakeNtfy
 from test_ui_browser import Watch, login, new_page, shot
 
@@ -36,29 +35,9 @@ def ntfy():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, ntfy):
-    saved = {k: os.environ.get(k) for k in ("DUBBING_DATA_DIR", "DAGSTER_HOME")}
-    s = make_stack(tmp_path_factory.mktemp("settings_ui"))
-    s.env.update(NTFY_URL=ntfy.url, NTFY_AUTH=SECRET, PUBLIC_BASE_URL=BASE)
-    s.start_api()
-    try:
+    env = dict(NTFY_URL=ntfy.url, NTFY_AUTH=SECRET, PUBLIC_BASE_URL=BASE)
+    with running_stack(tmp_path_factory.mktemp("settings_ui"), env) as s:
         yield s
-    finally:
-        s.stop_all()
-        for k, v in saved.items():
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    from test_ui_browser import ARGS, ARTIFACTS, CHROMIUM
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def small_controls(page) -> list:

@@ -17,15 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import mediagen
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 PHONE = {"width": 390, "height": 844}
 IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
              "Version/17.5 Mobile/15E148 Safari/604.1")
@@ -39,16 +36,6 @@ def stack(api):
     api.start_daemon()  # warms up while the browser logs in and uploads
     yield api
     api.stop("daemon")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert Path(CHROMIUM).exists(), "install Debian's Chromium: apt-get install -y chromium (make test does it)"
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +297,9 @@ def test_reload_mid_upload_continues_the_same_upload(stack, browser, big_video):
 
     # reload: the file input is empty again; the page lists the unfinished upload
     page.reload()
-    expect(page.locator("#pending-list")).to_contain_text(f"{big_video.name}: 524 KB of 2.2 MB (24%) on the server")
+    # the generated video's size varies a little (random noise): 2.1 or 2.2 MB
+    expect(page.locator("#pending-list")).to_contain_text(
+        re.compile(rf"{re.escape(big_video.name)}: 524 KB of 2\.\d MB \(2\d%\) on the server"))
     shot(page, "ui-12-after-reload")
     calls: list[str] = []
     page.on("request", lambda r: "/api/uploads/" in r.url and calls.append(f"{r.method} {r.url}"))
