@@ -31,6 +31,7 @@ import sqlalchemy.orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 from resources import logs
+from resources.accounts import as_utc, utcnow
 from resources.jobstore import Base, JobStore
 
 log = logging.getLogger("dubbing.notify")
@@ -44,16 +45,6 @@ EVENTS = ("success", "failure", "cancel")
 # outbox row states (of a notification's delivery, not of a job)
 HELD, PENDING, SENDING, SENT, SKIPPED, FAILED = "held", "pending", "sending", "sent", "skipped", "failed"
 CLAIM_SECONDS = 120
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
 
 
 def env_float(name: str, default: float) -> float:
@@ -166,8 +157,8 @@ class OutboxEntry:
         return cls(id=row.id, run_id=row.run_id, event=row.event, job_id=row.job_id, user_id=row.user_id,
                    topic=row.topic, status=row.status, detail=json.loads(row.detail or "{}"),
                    payload=json.loads(row.payload) if row.payload else None, attempts=row.attempts,
-                   last_error=row.last_error, next_attempt_at=_utc(row.next_attempt_at),
-                   created_at=_utc(row.created_at), sent_at=_utc(row.sent_at))
+                   last_error=row.last_error, next_attempt_at=as_utc(row.next_attempt_at),
+                   created_at=as_utc(row.created_at), sent_at=as_utc(row.sent_at))
 
 
 # ---------------------------------------------------------------------------------------- server
