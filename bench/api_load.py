@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Benchmark 5 (issue 8): the API under load. GET /api/jobs/{id} and GET /api/uploads/{id} from 50
+concurrent clients (asyncio + httpx), with 10,000 jobs in the store, on the deployed shape's API
+(uvicorn, one worker) over a Postgres database of its own. Reports p50/p99 latency, requests per
+second and errors.
+
+    .venv/bin/python bench/api_load.py [--jobs 10000] [--clients 50] [--requests 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from e2e_harness import Deployment  # noqa: E402
+
+
+def seed_jobs(d: Deployment, count: int) -> list[str]:
+    """`count` job records for alice, written in bulk (as if uploaded over months)."""
+    import sqlalchemy as sa
+
+    from resources.jobstore import JobRow, JobStore, new_job_id
+
+    store = JobStore(database_url=d.db_url)
+    now = dt.datetime.now(dt.timezone.utc)
+    ids = [new_job_id() for _ in range(count)]
+    rows = [dict(id=i, upload_id=None, created_at=now, owner=d.users["alice"].id, input_path="/nonexistent",
+                 filename=f"talk{n}.mp4", source_lang="en", target_lang="es", voice=None, options="{}")
+            for n, i in enumerate(ids)]
+    with store.engine().begin() as conn:
+        for start in range(0, len(rows), 1000):
+            conn.execute(sa.insert(JobRow), rows[start:start + 1000])
+    return ids
+
+
+async def load(url: str, token: str, paths: list[str], clients: int, total: int) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(paths[i % len(paths)])
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits,
+                                 timeout=30) as client:
+        async def worker():
+            nonlocal errors
+            while True:
+                try:
+                    path = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                try:
+                    r = await client.get(path)
+                    if r.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                latencies.append((time.perf_counter() - started) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies, errors
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=4000)
+    args = parser.parse_args()
+    results = {}
+    with Deployment("bench_api_load") as d:
+        d.start("api")
+        t = time.perf_counter()
+        ids = seed_jobs(d, args.jobs)
+        print(f"seeded {len(ids)} jobs in {time.perf_counter() - t:.1f} s")
+        alice = d.client("alice")
+        uploads = []
+        for n in range(20):
+            r = alice.request("POST", "/api/uploads/init", json={"filename": f"u{n}.mp4", "size_bytes": 10_000_000,
+                                                                 "content_type": "video/mp4"})
+            uploads.append(r.json()["upload_id"])
+        alice.close()
+        sample = random.Random(1).sample(ids, 500)
+        for name, paths in (("GET /api/jobs/{id}", [f"/api/jobs/{j}" for j in sample]),
+                            ("GET /api/uploads/{id}", [f"/api/uploads/{u}" for u in uploads])):
+            asyncio.run(load(d.url, d.tokens["alice"], paths, args.clients, 200))  # warm-up
+            started = time.perf_counter()
+            lat, errors = asyncio.run(load(d.url, d.tokens["alice"], paths, args.clients, args.requests))
+            wall = time.perf_counter() - started
+            results[name] = {"requests": len(lat), "errors": errors, "p50_ms": round(pct(lat, 50), 1),
+                             "p99_ms": round(pct(lat, 99), 1), "mean_ms": round(statistics.mean(lat), 1),
+                             "rps": round(len(lat) / wall, 1)}
+            print(f"{name}: {json.dumps(results[name])}")
+    print(json.dumps({"jobs_in_store": args.jobs, "clients": args.clients, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
