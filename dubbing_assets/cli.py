@@ -228,7 +228,7 @@ def dub(args: argparse.Namespace) -> int:
         )
     if not result.success:
         raise CliError(failure_reason(result))
-    outputs = sorted(p for p in MediaStorage().outputs_dir(job.id).iterdir() if not p.name.startswith("."))
+    outputs = MediaStorage().outputs(job.id)
     if args.out:
         dest = Path(args.out).expanduser()
         dest.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,6 @@ TOPIC_RE = re.compile(r"^[-_A-Za-z0-9]{1,64}$")
 RESERVED_TOPICS = {"docs", "static", "file", "app", "metrics", "account", "settings", "signup", "login", "v1"}
 MESSAGE_LIMIT = 4096  # bytes: ntfy's message body limit
 TITLE_LIMIT = 200
-EVENTS = ("success", "failure", "cancel")
 # outbox row states (of a notification's delivery, not of a job)
 HELD, PENDING, SENDING, SENT, SKIPPED, FAILED = "held", "pending", "sending", "sent", "skipped", "failed"
 CLAIM_SECONDS = 120

@@ -44,6 +44,13 @@ class MediaStorage(dg.ConfigurableResource):
     def outputs_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "outputs"
 
+    def outputs(self, job_id: str) -> list[Path]:
+        """The published outputs of a job, by name (never a file still being published)."""
+        out = self.outputs_dir(job_id)
+        if not out.is_dir():
+            return []
+        return sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+
     def write_json(self, job_id: str, name: str, data: Any) -> Path:
         path = self.artifact(job_id, name)
         atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))

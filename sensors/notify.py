@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-import sqlalchemy as sa
 
 from dubbing_assets.jobs import STAGE_LABELS, dub_job
-from resources.accounts import UserRow
+from resources.accounts import Accounts
 from resources.jobstore import JobStore
-from resources.notify import HELD, PENDING, SKIPPED, NotifyStore, NtfyResource, deliver_due
+from resources.notify import HELD, PENDING, SKIPPED, NotifyStore, NtfyResource, OutboxEntry, deliver_due
 from resources.storage import MediaStorage
 
 WILL_RETRY_TAG = "dagster/will_retry"
@@ -22,10 +21,9 @@ SENSOR_INTERVAL_S = int(os.environ.get("NOTIFY_SENSOR_INTERVAL_S", "5"))
 OUTBOX_INTERVAL_S = int(os.environ.get("NTFY_OUTBOX_INTERVAL_S", "10"))
 
 
-def _failure_detail(instance: dg.DagsterInstance, run_id: str, store: NotifyStore) -> dict:
-    """The failing stage and its message: from the failure hook, else from the event log (a run
-    whose worker died has no hook call)."""
-    held = store.get(run_id, "failure")
+def _failure_detail(instance: dg.DagsterInstance, run_id: str, held: OutboxEntry | None) -> dict:
+    """The failing stage and its message: from the failure hook (`held`), else from the event log
+    (a run whose worker died has no hook call)."""
     if held and held.detail.get("stage"):
         return held.detail
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records:
@@ -65,9 +63,8 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
         return skip("no job record")
     if not job.owner:
         return skip("the job has no owner")
-    with sa.orm.Session(job_store.engine()) as session:
-        user_name = session.scalar(sa.select(UserRow.name).where(UserRow.id == job.owner))
-    if user_name is None:
+    owner = Accounts(job_store).get_user(job.owner)
+    if owner is None:
         return skip("the job's owner no longer exists")
     settings = store.get_settings(job.owner)
     if not settings.wants(event):
@@ -84,14 +81,11 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
         media_seconds = float(storage.read_json(job.id, "source.json").get("duration_s"))
     except (FileNotFoundError, ValueError, TypeError, OSError):
         pass
-    detail = _failure_detail(instance, run.run_id, store) if event == "failure" else {}
+    detail = _failure_detail(instance, run.run_id, existing) if event == "failure" else {}
     download = None
     if event == "success":
-        outputs = storage.outputs_dir(job.id)
-        videos = sorted(p.name for p in outputs.glob("*") if p.suffix in (".mkv", ".mp4")) \
-            if outputs.is_dir() else []
-        download = videos[0] if videos else None
-    topic = ntfy.topic_for(user_name, settings)
+        download = next((p.name for p in storage.outputs(job.id) if p.suffix in (".mkv", ".mp4")), None)
+    topic = ntfy.topic_for(owner.name, settings)
     payload = ntfy.job_message(
         event, topic=topic, priority=settings.priority, job_id=job.id, filename=job.filename,
         source_lang=job.source_lang, target_lang=job.target_lang, media_seconds=media_seconds,

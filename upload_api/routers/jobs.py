@@ -41,8 +41,7 @@ async def get_owned(request: Request, job_id: str, user: User) -> JobRecord:
 
 
 def outputs_of(job_id: str) -> list[str]:
-    out = storage().outputs_dir(job_id)
-    return sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")) if out.is_dir() else []
+    return [p.name for p in storage().outputs(job_id)]
 
 
 def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> dict:

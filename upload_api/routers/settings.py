@@ -9,11 +9,11 @@ import time
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from resources import logs
 from resources.accounts import User
-from resources.notify import NotifySettings, topic_problem
+from resources.notify import NotifySettings
 from upload_api.deps import current_user, notify_store, ntfy
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
@@ -33,15 +33,6 @@ class NotificationsIn(BaseModel):
     on_success: StrictBool | None = None
     on_failure: StrictBool | None = None
     on_cancel: StrictBool | None = None
-
-    @field_validator("topic")
-    @classmethod
-    def _topic(cls, value: str | None) -> str | None:
-        if value:
-            problem = topic_problem(value)
-            if problem:
-                raise ValueError(problem)
-        return value
 
 
 class SettingsIn(BaseModel):
