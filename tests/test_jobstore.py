@@ -263,3 +263,29 @@ def test_postgres_job_store_shares_a_database_with_dagster(pg_url, tmp_path):
         assert result.success
         assert instance.get_run_by_id(result.run_id).tags["dubbing/job_id"] == job.id
         assert store.get_job(job.id) == job
+
+
+def test_token_lookup_finds_the_user_and_writes_last_use_at_most_once_a_minute(sqlite_url):
+    from resources.accounts import Accounts, TokenRow
+
+    accounts = Accounts(JobStore(database_url=sqlite_url))
+    alice = accounts.add_user("alice", "alice-password-123")
+    token = accounts.create_token(alice, "phone")
+    assert accounts.user_for_token(token) == alice
+    assert accounts.user_for_token(token + "x") is None
+    assert accounts.user_for_token("not-a-token") is None
+    with accounts.session() as s:
+        first = s.scalar(sa.select(TokenRow.last_used_at))
+    assert first is not None
+    accounts.user_for_token(token)
+    with accounts.session() as s:
+        assert s.scalar(sa.select(TokenRow.last_used_at)) == first  # within the minute: not rewritten
+        s.execute(sa.update(TokenRow).values(last_used_at=first - dt.timedelta(minutes=5),
+                                             revoked_at=None))
+        s.commit()
+    accounts.user_for_token(token)
+    with accounts.session() as s:
+        assert s.scalar(sa.select(TokenRow.last_used_at)) > first - dt.timedelta(minutes=1)
+        s.execute(sa.update(TokenRow).values(revoked_at=dt.datetime.now(dt.timezone.utc)))
+        s.commit()
+    assert accounts.user_for_token(token) is None  # a revoked token stops working at once

@@ -103,8 +103,13 @@ async def list_jobs(user: User = Depends(current_user), state: str | None = Quer
 
 @router.get("/{job_id}")
 async def get_job(job_id: str, request: Request, user: User = Depends(current_user)):
-    job = await get_owned(request, job_id, user)
-    return await run_in_threadpool(job_view, job)
+    def read():  # one trip to the thread pool: this is the route phones poll
+        job = owned_job(job_id, user)
+        return job, job_view(job)
+
+    job, view = await run_in_threadpool(read)
+    bind(request, job_id=job.id, upload_id=job.upload_id)
+    return view
 
 
 @router.get("/{job_id}/timeline")
