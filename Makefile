@@ -42,7 +42,8 @@ lock:
 	@$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
 bench: setup
-	@$(PY) bench/run_all.py
+	@scripts/postgres_up.sh
+	@$(PY) bench/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var
