@@ -6,6 +6,8 @@ by id only, so client file names never reach a path."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as dt
 import hashlib
 import json
@@ -14,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,8 @@ LANG_RE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 MEDIA_TYPES = ("video/", "audio/")
 EXTRA_MEDIA_TYPES = {"application/x-matroska", "application/mp4", "application/ogg", "application/vnd.rn-realmedia"}
 ACTIVE = ("receiving", "complete")
+WRITE_BLOCK = 1024 * 1024  # a request body is gathered into blocks of this size, hashed and written
+RUNNING_HASHES_MAX = 1024  # uploads whose whole-file sha256 is kept up to date as bytes arrive
 
 
 class UploadError(Exception):
@@ -137,10 +142,93 @@ def is_media_type(content_type: str) -> bool:
     return ct.startswith(MEDIA_TYPES) or ct in EXTRA_MEDIA_TYPES
 
 
+def write_all(fd: int, data, offset: int) -> None:
+    """pwrite until every byte is written (a regular file may take fewer bytes than asked)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class BodyWriter:
+    """A request body written into an upload's file at `offset` as it arrives, and fed to `hashers`.
+
+    Pieces (as small as the socket delivers them) are gathered into blocks of WRITE_BLOCK bytes; each
+    block is hashed and written by a worker thread while the event loop receives the next one (hashlib
+    and pwrite release the GIL, so on two cores they overlap with the receiving). One block in flight
+    at a time: the server holds about two blocks of a body whatever its size, and blocks land in order.
+    The file descriptor is closed by `close()` (after the block in flight, even when the request was
+    cancelled)."""
+
+    def __init__(self, fd: int | None, offset: int, hashers: list):
+        self.fd = fd
+        self.offset = offset
+        self.hashers = [h for h in hashers if h is not None]
+        self.written = 0  # bytes handed to the writer (all of them are on disk after flush())
+        self._pieces: list[bytes] = []
+        self._buffered = 0
+        self._pending: asyncio.Future | None = None
+
+    def _write(self, block: bytes, at: int) -> None:
+        for h in self.hashers:
+            h.update(block)
+        if self.fd is not None:
+            write_all(self.fd, block, at)
+
+    async def _submit(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        if not self._buffered:
+            return
+        block = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        self._pieces, self._buffered = [], 0
+        at = self.offset + self.written
+        self.written += len(block)
+        self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, block, at)
+
+    async def add(self, piece: bytes) -> None:
+        self._pieces.append(piece)
+        self._buffered += len(piece)
+        if self._buffered >= WRITE_BLOCK:
+            await self._submit()
+
+    async def flush(self) -> None:
+        """Every byte added so far is hashed and written (not yet synced)."""
+        await self._submit()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    @property
+    def received(self) -> int:
+        return self.written + self._buffered
+
+    def close(self) -> None:
+        pending, fd = self._pending, self.fd
+        self.fd = None
+        if fd is None:
+            return
+        if pending is None:
+            os.close(fd)
+            return
+
+        def after_write(future: asyncio.Future) -> None:  # never close under a write in flight
+            if not future.cancelled():
+                future.exception()  # the request already failed; this one is not worth a warning
+            os.close(fd)
+
+        pending.add_done_callback(after_write)
+
+
 class UploadStore:
     def __init__(self, store: JobStore | None = None, root: Path | None = None):
         self.store = store or JobStore()
         self.root = Path(root) if root else settings.data_dir() / "uploads"
+        # upload id -> (bytes covered, sha256 of bytes [0, covered)): the whole-file hash kept up to date
+        # while an upload's bytes arrive in order, so completion does not read the file again
+        self._hashes: "collections.OrderedDict[str, tuple[int, object]]" = collections.OrderedDict()
+        self._hashes_lock = threading.Lock()
 
     # settings ----------------------------------------------------------------------------------
     @staticmethod
@@ -266,7 +354,46 @@ class UploadStore:
         row.completed_at = utcnow()
         row.job_id = job.id if job else None
 
-    def file_sha256(self, upload_id: str) -> str:
+    # the running whole-file sha256 (this process's; any other case falls back to reading the file)
+    def running_hash(self, upload_id: str, offset: int):
+        """A copy of the upload's running sha256 when it covers exactly [0, offset), to be fed the bytes
+        written at `offset`; else None. Bytes about to be written again below what the hash covers make
+        it worthless: it is dropped."""
+        with self._hashes_lock:
+            covered, h = self._hashes.get(upload_id, (0, None))
+            if h is None and offset == 0:
+                return hashlib.sha256()
+            if h is not None and covered == offset:
+                return h.copy()
+            if h is not None and offset < covered:
+                del self._hashes[upload_id]
+            return None
+
+    def keep_running_hash(self, upload_id: str, offset: int, length: int, h) -> None:
+        """Bytes [offset, offset + length) are on disk, recorded, and were fed to `h` (from
+        running_hash(upload_id, offset)): it now covers [0, offset + length)."""
+        if h is None:
+            return
+        with self._hashes_lock:
+            covered, _ = self._hashes.get(upload_id, (0, None))
+            if covered != offset:
+                return
+            self._hashes[upload_id] = (offset + length, h)
+            self._hashes.move_to_end(upload_id)
+            while len(self._hashes) > RUNNING_HASHES_MAX:
+                self._hashes.popitem(last=False)
+
+    def drop_running_hash(self, upload_id: str) -> None:
+        with self._hashes_lock:
+            self._hashes.pop(upload_id, None)
+
+    def file_sha256(self, upload_id: str, size: int | None = None) -> str:
+        """The sha256 of the upload's file: from the running hash when it covers all `size` bytes,
+        else read from disk."""
+        with self._hashes_lock:
+            covered, running = self._hashes.get(upload_id, (0, None))
+        if running is not None and size is not None and covered == size:
+            return running.hexdigest()
         h = hashlib.sha256()
         with open(self.data_path(upload_id), "rb") as fh:
             while block := fh.read(4 * 1024 * 1024):
@@ -312,6 +439,7 @@ class UploadStore:
                 target_lang=target_lang, voice=voice, owner=user.id if user else view.owner, options=opts,
                 upload_id=view.id, session=s)
             self.mark_complete(view.id, job, s)
+        self.drop_running_hash(view.id)
         return job
 
     def delete(self, view: UploadView) -> None:
@@ -320,6 +448,7 @@ class UploadStore:
             if row.state == "complete" and row.job_id:
                 raise UploadError(409, "upload already became a job; cancel or delete the job instead", view)
             row.state = "aborted"
+        self.drop_running_hash(view.id)
         self._remove_data(view.id)
 
     def expire_abandoned(self, now: dt.datetime | None = None, limit: int = 500) -> int:

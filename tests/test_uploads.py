@@ -69,3 +69,37 @@ def test_interrupted_chunk_resumes_from_server_status(api, espeak_video, monkeyp
     from resources.uploads import UploadStore
 
     assert UploadStore().file_sha256(uid) == hashlib.sha256(data).hexdigest()
+
+
+def test_running_sha256_only_for_bytes_written_in_order(tmp_path):
+    """Completion uses the whole-file hash kept as bytes arrive only when it covers exactly the file;
+    out-of-order or rewritten bytes fall back to reading the file."""
+    import asyncio
+    import os
+
+    from resources.uploads import BodyWriter, UploadStore
+
+    store = UploadStore(store=object(), root=tmp_path)  # no database needed for the hash bookkeeping
+    path = tmp_path / ("a" * 32) / "data"
+    path.parent.mkdir()
+    path.write_bytes(b"\0" * 10)
+    data = b"0123456789"
+
+    async def write(offset, piece):
+        h = store.running_hash("a" * 32, offset)
+        writer = BodyWriter(os.open(path, os.O_WRONLY), offset, [h])
+        try:
+            await writer.add(piece)
+            await writer.flush()
+        finally:
+            writer.close()
+        store.keep_running_hash("a" * 32, offset, len(piece), h)
+
+    asyncio.run(write(0, data[:4]))
+    asyncio.run(write(4, data[4:]))
+    assert store.file_sha256("a" * 32, 10) == hashlib.sha256(data).hexdigest()
+    asyncio.run(write(0, b"ABCD"))  # bytes the hash covered written again: the hash is dropped
+    assert store.running_hash("a" * 32, 4) is None
+    assert store.file_sha256("a" * 32, 10) == hashlib.sha256(b"ABCD456789").hexdigest()  # read from disk
+    store.drop_running_hash("a" * 32)
+    assert store.running_hash("a" * 32, 4) is None  # out of order: nothing to feed

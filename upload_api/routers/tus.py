@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect
 
 from resources import logs, readiness
 from resources.accounts import User
-from resources.uploads import LANG_RE, UploadError, UploadView
+from resources.uploads import LANG_RE, BodyWriter, UploadError, UploadView
 from upload_api.deps import bind, current_user, uploads
 from upload_api.routers.uploads import complete_upload, get_upload, upload_lock
 
@@ -173,23 +173,23 @@ async def write_body(request: Request, view: UploadView, offset: int) -> tuple[U
     if declared is not None and declared.strip().isdigit() and int(declared) > room:
         raise UploadError(400, f"body of {int(declared)} bytes goes past Upload-Length "
                                f"({view.size_bytes}; {room} bytes left at offset {offset})", view)
-    written = 0
     interrupted = False
+    running = uploads().running_hash(view.id, offset)
     fd = os.open(uploads().data_path(view.id), os.O_WRONLY)
+    writer = BodyWriter(fd, offset, [checksum[1] if checksum else None, running])
     try:
         try:
             async for piece in request.stream():
                 if not piece:
                     continue
-                if written + len(piece) > room:
+                if writer.received + len(piece) > room:
                     raise UploadError(400, f"body goes past Upload-Length ({view.size_bytes} bytes); "
                                            "nothing of it was kept", view)
-                if checksum:
-                    checksum[1].update(piece)
-                os.pwrite(fd, piece, offset + written)
-                written += len(piece)
+                await writer.add(piece)
         except ClientDisconnect:
             interrupted = True
+        await writer.flush()
+        written = writer.written
         if checksum and not interrupted and checksum[1].digest() != checksum[2]:
             raise UploadError(460, f"Upload-Checksum mismatch: the body's {checksum[0]} differs; "
                                    "the piece was dropped", view)
@@ -200,9 +200,10 @@ async def write_body(request: Request, view: UploadView, offset: int) -> tuple[U
         if written:
             await run_in_threadpool(os.fdatasync, fd)
     finally:
-        os.close(fd)
+        writer.close()
     if written:
         view = await run_in_threadpool(uploads().set_offset, view.id, offset + written)
+        uploads().keep_running_hash(view.id, offset, written, running)
     if interrupted:
         logs.log(log, "tus_patch_interrupted", level=logs.logging.WARNING, offset=offset, bytes=written,
                  kept=written, upload_offset=view.received_bytes)

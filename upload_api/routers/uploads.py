@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from resources import logs, media
 from resources.accounts import User
-from resources.uploads import SHA256_RE, UploadError, UploadView
+from resources.uploads import SHA256_RE, BodyWriter, UploadError, UploadView
 from upload_api.deps import CleanStr, bind, current_user, uploads
 
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
@@ -124,20 +124,19 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
         view = await get_upload(request, upload_id, user)
         uploads().require_receiving(view)
         already = view.received[index] == "1"
-        digest = hashlib.sha256()
-        written = 0
+        digest = hashlib.sha256() if (want_sha or already) else None
+        running = None if already else uploads().running_hash(view.id, offset)
         fd = None if already else os.open(uploads().data_path(view.id), os.O_WRONLY)
+        writer = BodyWriter(fd, offset, [digest, running])
         try:
             async for piece in body_pieces(request):
-                if written + len(piece) > length:
+                if writer.received + len(piece) > length:
                     raise UploadError(400, f"chunk {index} is longer than its {length} bytes", view)
-                digest.update(piece)
-                if fd is not None:
-                    os.pwrite(fd, piece, offset + written)
-                written += len(piece)
-            if written != length:
-                raise UploadError(400, f"chunk {index} must be {length} bytes; got {written}", view)
-            got = digest.hexdigest()
+                await writer.add(piece)
+            await writer.flush()
+            if writer.written != length:
+                raise UploadError(400, f"chunk {index} must be {length} bytes; got {writer.written}", view)
+            got = digest.hexdigest() if digest else None
             if want_sha and got != want_sha.lower():
                 raise UploadError(422, f"chunk {index} checksum mismatch: X-Chunk-SHA256 does not match the body", view)
             if already:
@@ -147,13 +146,13 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
             else:
                 await run_in_threadpool(os.fdatasync, fd)
         except ClientDisconnect:
-            logs.log(log, "chunk_interrupted", level=logs.logging.WARNING, index=index, bytes=written)
+            logs.log(log, "chunk_interrupted", level=logs.logging.WARNING, index=index, bytes=writer.received)
             return Response(status_code=400)
         finally:
-            if fd is not None:
-                os.close(fd)
+            writer.close()
         if not already:
             view = await run_in_threadpool(uploads().mark_chunk, view.id, index)
+            uploads().keep_running_hash(view.id, offset, length, running)
     logs.log(log, "chunk_received", index=index, bytes=length, repeated=already,
              received_bytes=view.received_bytes)
     no_store(response)
@@ -185,7 +184,7 @@ async def complete_upload(request: Request, upload_id: str, user: User, *, targe
         if want:
             if not SHA256_RE.match(want):
                 raise UploadError(422, "sha256 must be 64 hex digits", view)
-            got = await run_in_threadpool(uploads().file_sha256, view.id)
+            got = await run_in_threadpool(uploads().file_sha256, view.id, view.size_bytes)
             if got != want:
                 raise UploadError(422, "the file's sha256 does not match; re-send it or delete the upload", view)
         try:
