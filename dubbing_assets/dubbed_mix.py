@@ -17,7 +17,7 @@ from dubbing_assets.extracted_audio import MIX_RATE
 from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
-from resources.jobstore import JobStore
+from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 
 RAMP_S = 0.15  # fade time into and out of a duck
@@ -73,7 +73,11 @@ def mix_to_wav(original, dub, out, envelope: np.ndarray) -> None:
           description="Original audio ducked under the dub, loudness-normalised (EBU R128), encoded.")
 def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
                storage: MediaStorage) -> dg.MaterializeResult:
-    job = job_store.get_job(context.partition_key)
+    return mix_job(job_store.get_job(context.partition_key), storage)
+
+
+def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
+    """The stage as a plain function: the original ducked under the dub, normalised, encoded."""
     speech = storage.read_json(job.id, "speech.json")
     codec, bitrate, suffix = media.MIX_CODECS[job.options.container]
     mix_path = storage.artifact(job.id, "mix" + suffix)

@@ -3,6 +3,7 @@ original track second, source and target subtitles; sidecar SRT/VTT next to it. 
 built in the work folder and published together only when all of them are complete."""
 
 
+import logging
 import re
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import dagster as dg
 from dubbing_assets.checks import OUTPUT_STREAMS, output_streams_check
 from dubbing_assets.dubbed_mix import dubbed_mix
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, Timer, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, stage_errors
 from resources import media, subtitles
-from resources.jobstore import JobStore
+from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 
 
@@ -30,7 +31,11 @@ def output_stem(filename: str) -> str:
           description="Finished file with dubbed + original audio tracks and subtitles, plus sidecars.")
 def dubbed_video(context: dg.AssetExecutionContext, job_store: JobStore,
                  storage: MediaStorage) -> dg.MaterializeResult:
-    job = job_store.get_job(context.partition_key)
+    return export_job(job_store.get_job(context.partition_key), storage, log=context.log)
+
+
+def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:
+    """The stage as a plain function: build the export and sidecars, then publish them together."""
     src_info = storage.read_json(job.id, "source.json")
     mix = storage.read_json(job.id, "mix.json")
     speech = storage.read_json(job.id, "speech.json")
@@ -72,7 +77,7 @@ def dubbed_video(context: dg.AssetExecutionContext, job_store: JobStore,
     )
     published = storage.publish_outputs(job.id, [video, *files])
     if no_speech:
-        context.log.warning("no speech was found: the export carries the original audio only")
+        log.warning("no speech was found: the export carries the original audio only")
     return dg.MaterializeResult(
         metadata={
             "output": dg.MetadataValue.path(str(published[0])),

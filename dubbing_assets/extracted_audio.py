@@ -16,7 +16,11 @@ MIX_RATE = 48_000
           code_version="1",
           description="16 kHz mono WAV for ASR, and the original audio at 48 kHz stereo for the mix.")
 def extracted_audio(context: dg.AssetExecutionContext, storage: MediaStorage) -> dg.MaterializeResult:
-    job_id = context.partition_key
+    return extract_audio(context.partition_key, storage)
+
+
+def extract_audio(job_id: str, storage: MediaStorage) -> dg.MaterializeResult:
+    """The stage as a plain function: the ASR WAV and the 48 kHz original from the job's source."""
     src = Path(storage.read_json(job_id, "source.json")["path"])
     with stage_errors("extracted_audio"), Timer() as t:
         asr = media.extract_wav(src, storage.artifact(job_id, "asr.wav"), rate=ASR_RATE, channels=1)

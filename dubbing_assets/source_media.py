@@ -6,7 +6,7 @@ from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
 from resources.disk import ensure_free_space
-from resources.jobstore import JobStore
+from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 
 
@@ -15,7 +15,12 @@ from resources.storage import MediaStorage
                       "non-media, truncated and silent-track-less files with a clear reason.")
 def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
                  storage: MediaStorage) -> dg.MaterializeResult:
-    job = job_store.get_job(context.partition_key)
+    return probe_source(job_store.get_job(context.partition_key), storage)
+
+
+def probe_source(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
+    """The stage as a plain function (the asset calls it; so can a script): probe and fully decode
+    the job's input, write source.json."""
     src = Path(job.input_path)
     with stage_errors("source_media"), Timer() as t:
         # a run refused up front when the disk is low, not halfway through writing its artifacts

@@ -4,6 +4,7 @@ clear dg.Failure whose description names the problem (and the fix where there is
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import dagster as dg
@@ -16,6 +17,9 @@ from resources.tts import TtsError
 
 STAGE_ERRORS = (MediaError, AsrError, TranslationError, TtsError, DiskSpaceError, ValueError, FileNotFoundError)
 GROUP = "dubbing"
+# Where a stage's plain function logs when it runs outside Dagster (the bench, scripts); inside a run
+# the asset passes context.log instead.
+STAGE_LOG = logging.getLogger("dubbing.stage")
 
 
 @contextlib.contextmanager
@@ -36,6 +40,7 @@ class Timer:
         self.seconds = round(time.perf_counter() - self.started, 3)
 
 
-def log_progress(context: dg.AssetExecutionContext, done: float, total: float, unit: str) -> None:
-    """A progress line the CLI turns into a progress bar (and the run log shows as it is)."""
-    context.log.info(f"progress {done:.0f}/{total:.0f} {unit}")
+def log_progress(log, done: float, total: float, unit: str) -> None:
+    """A progress line the CLI turns into a progress bar (and the run log shows as it is). `log` is
+    context.log inside a run, or any logging.Logger."""
+    log.info(f"progress {done:.0f}/{total:.0f} {unit}")

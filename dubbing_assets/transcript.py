@@ -1,10 +1,12 @@
+import logging
+
 import dagster as dg
 
 from dubbing_assets.extracted_audio import extracted_audio
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, Timer, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, stage_errors
 from resources.asr import AsrResource
-from resources.jobstore import JobStore
+from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 
 
@@ -13,7 +15,12 @@ from resources.storage import MediaStorage
           description="faster-whisper segments with word timestamps and VAD on the original timeline.")
 def transcript(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                asr: AsrResource) -> dg.MaterializeResult:
-    job = job_store.get_job(context.partition_key)
+    return transcribe_job(job_store.get_job(context.partition_key), storage, asr, log=context.log)
+
+
+def transcribe_job(job: JobRecord, storage: MediaStorage, asr: AsrResource,
+                   log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:
+    """The stage as a plain function: faster-whisper over asr.wav, written to transcript.json."""
     with stage_errors("transcript"), Timer() as t:
         segments, info = asr.transcribe(storage.artifact(job.id, "asr.wav"), job.source_lang)
     words = sum(len(s.words) for s in segments)
@@ -21,7 +28,7 @@ def transcript(context: dg.AssetExecutionContext, job_store: JobStore, storage: 
             "segments": [s.to_dict() for s in segments]}
     storage.write_json(job.id, "transcript.json", data)
     if not segments:
-        context.log.warning("no speech found: the export will carry the original audio only")
+        log.warning("no speech found: the export will carry the original audio only")
     duration = info["audio_duration_s"] or 1.0
     confidence = sum(s.confidence for s in segments) / len(segments) if segments else 0.0
     return dg.MaterializeResult(metadata={

@@ -3,7 +3,7 @@ import dagster as dg
 from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.stage import GROUP, Timer, stage_errors
 from dubbing_assets.transcript import transcript
-from resources.jobstore import JobStore
+from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 from resources.translate import TranslatorResource
 
@@ -13,7 +13,11 @@ from resources.translate import TranslatorResource
           description="Segment texts translated to the target language; timing kept from the transcript.")
 def translation(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                 translator: TranslatorResource) -> dg.MaterializeResult:
-    job = job_store.get_job(context.partition_key)
+    return translate_job(job_store.get_job(context.partition_key), storage, translator)
+
+
+def translate_job(job: JobRecord, storage: MediaStorage, translator: TranslatorResource) -> dg.MaterializeResult:
+    """The stage as a plain function: the transcript's segments translated, to translation.json."""
     segments = storage.read_json(job.id, "transcript.json")["segments"]
     with stage_errors("translation"), Timer() as t:
         backend = translator.choose(job.source_lang, job.target_lang, job.options.translator)
