@@ -7,6 +7,7 @@ is not enough, trim the tail with a short fade. A segment never overlaps the nex
 """
 
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import numpy as np
 from dubbing_assets.checks import NO_OVERLAP, no_overlap_check
 from dubbing_assets.extracted_audio import MIX_RATE
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, Timer, log_progress, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, log_progress, stage_errors
 from dubbing_assets.translation import translation
 from resources import media
-from resources.jobstore import JobStore
+from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 from resources.tts import TtsResource
 
@@ -72,13 +73,40 @@ def reference_clip(storage: MediaStorage, job_id: str, segments: list[dict]) -> 
     return media.write_wav(storage.artifact(job_id, "speaker_ref.wav"), np.concatenate(pieces), rate)
 
 
+def place(track: np.ndarray, fitted: Path, seg: dict, raw: Path, natural: float, speed: float,
+          placed_len: float, truncated: bool) -> Placement:
+    """Add a fitted segment to the track at its start, cut to its placed length (faded out when
+    truncated), never past the track's end."""
+    samples, _ = media.read_wav_mono(fitted)
+    n = min(len(samples), int(round(placed_len * MIX_RATE)))
+    samples = samples[:n].copy()
+    if truncated:
+        fade = min(n, int(FADE_S * MIX_RATE))
+        samples[n - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    at = int(round(seg["start"] * MIX_RATE))
+    n = max(0, min(n, len(track) - at))
+    track[at:at + n] += samples[:n]
+    return Placement(
+        id=seg["id"], start=seg["start"], end=seg["end"], natural_s=round(natural, 3),
+        speed=round(speed, 4), placed_start=seg["start"],
+        placed_end=round(seg["start"] + n / MIX_RATE, 3),
+        borrowed_s=round(max(0.0, n / MIX_RATE - (seg["end"] - seg["start"])), 3),
+        truncated=truncated, text=seg["text"],
+    )
+
+
 @dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"python"}, deps=[translation],
           code_version="1", check_specs=[dg.AssetCheckSpec(NO_OVERLAP, asset="dubbed_speech",
                                                            description="no dubbed segment overlaps the next")],
           description="The translation spoken by the TTS engine, each segment fitted to its original slot.")
 def dubbed_speech(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                   tts: TtsResource) -> dg.MaterializeResult:
-    job = job_store.get_job(context.partition_key)
+    return speak_job(job_store.get_job(context.partition_key), storage, tts, log=context.log)
+
+
+def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
+              log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:
+    """The stage as a plain function: every translated segment spoken, fitted, placed on one track."""
     segments = [s for s in storage.read_json(job.id, "translation.json")["segments"] if s["text"].strip()]
     duration = storage.read_json(job.id, "source.json")["duration_s"]
     seg_dir = storage.artifact(job.id, "segments")
@@ -90,31 +118,20 @@ def dubbed_speech(context: dg.AssetExecutionContext, job_store: JobStore, storag
         if engine.name == "xtts":
             speaker = reference_clip(storage, job.id, segments)
             engine = tts.engine_for(job.target_lang, "xtts", job.voice, speaker_wav=speaker)
-        track = np.zeros(int(round(duration * MIX_RATE)), dtype=np.float32)
+        plans = []  # (segment, raw wav, natural s, speed, placed s, truncated), spoken one by one
         for i, seg in enumerate(segments):
             next_start = segments[i + 1]["start"] if i + 1 < len(segments) else duration + GAP_S
             raw = engine.synthesize(seg["text"], seg_dir / f"{seg['id']:05d}.raw.wav")
             natural = media.wav_duration(raw)
-            speed, placed_len, truncated = plan_slot(seg["start"], seg["end"], natural, next_start,
-                                                     job.options.max_speed)
-            fitted = media.retime_wav(raw, seg_dir / f"{seg['id']:05d}.wav", tempo=speed, rate=MIX_RATE)
-            samples, _ = media.read_wav_mono(fitted)
-            n = min(len(samples), int(round(placed_len * MIX_RATE)))
-            samples = samples[:n].copy()
-            if truncated:
-                fade = min(n, int(FADE_S * MIX_RATE))
-                samples[n - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
-            at = int(round(seg["start"] * MIX_RATE))
-            n = max(0, min(n, len(track) - at))
-            track[at:at + n] += samples[:n]
-            placements.append(Placement(
-                id=seg["id"], start=seg["start"], end=seg["end"], natural_s=round(natural, 3),
-                speed=round(speed, 4), placed_start=seg["start"],
-                placed_end=round(seg["start"] + n / MIX_RATE, 3),
-                borrowed_s=round(max(0.0, n / MIX_RATE - (seg["end"] - seg["start"])), 3),
-                truncated=truncated, text=seg["text"],
-            ))
-            log_progress(context, i + 1, len(segments), "segments")
+            plans.append((seg, raw, natural, *plan_slot(seg["start"], seg["end"], natural, next_start,
+                                                        job.options.max_speed)))
+            log_progress(log, i + 1, len(segments), "segments")
+        # one ffmpeg process for all the retiming (a process per segment cost more than the work)
+        fitted = media.retime_wavs([(raw, seg_dir / f"{seg['id']:05d}.wav", speed)
+                                    for seg, raw, _, speed, _, _ in plans], rate=MIX_RATE)
+        track = np.zeros(int(round(duration * MIX_RATE)), dtype=np.float32)
+        for plan, wav in zip(plans, fitted, strict=True):
+            placements.append(place(track, wav, *plan))
         media.write_wav(storage.artifact(job.id, "dub_track.wav"), track, MIX_RATE)
     storage.write_json(job.id, "speech.json", {
         "engine": engine.name, "engine_version": engine.version,

@@ -190,8 +190,8 @@ def extract_wav(src: Path, dest: Path, *, rate: int, channels: int) -> Path:
     return dest
 
 
-def retime_wav(src: Path, dest: Path, *, tempo: float, rate: int) -> Path:
-    """Resample to `rate` mono and speed up by `tempo` (atempo keeps pitch)."""
+def _retimed(src: Path, dest: Path, tempo: float, rate: int):
+    """The ffmpeg-python output of `src` resampled to `rate` mono, sped up by `tempo`."""
     stream = ffmpeg.input(str(src)).audio
     if abs(tempo - 1.0) > 1e-3:
         remaining = tempo
@@ -199,8 +199,28 @@ def retime_wav(src: Path, dest: Path, *, tempo: float, rate: int) -> Path:
             stream = stream.filter("atempo", 2.0)
             remaining /= 2.0
         stream = stream.filter("atempo", f"{remaining:.5f}")
-    run(stream.output(str(dest), acodec="pcm_s16le", ac=1, ar=rate), f"retiming {Path(src).name}")
+    return stream.output(str(dest), acodec="pcm_s16le", ac=1, ar=rate)
+
+
+def retime_wav(src: Path, dest: Path, *, tempo: float, rate: int) -> Path:
+    """Resample to `rate` mono and speed up by `tempo` (atempo keeps pitch)."""
+    run(_retimed(src, dest, tempo, rate), f"retiming {Path(src).name}")
     return dest
+
+
+RETIME_BATCH = 64  # inputs per ffmpeg process (each holds its files open)
+
+
+def retime_wavs(items: list[tuple[Path, Path, float]], *, rate: int) -> list[Path]:
+    """retime_wav for many (src, dest, tempo) at once: one ffmpeg process per RETIME_BATCH files,
+    each file through the same filters as retime_wav (the outputs are identical). Starting ffmpeg
+    costs about 0.15 s of CPU, more than retiming one spoken segment."""
+    for i in range(0, len(items), RETIME_BATCH):
+        chunk = items[i:i + RETIME_BATCH]
+        outputs = [_retimed(src, dest, tempo, rate) for src, dest, tempo in chunk]
+        names = f"{Path(chunk[0][0]).name}" + (f" .. {Path(chunk[-1][0]).name}" if len(chunk) > 1 else "")
+        run(ffmpeg.merge_outputs(*outputs), f"retiming {names}")
+    return [dest for _, dest, _ in items]
 
 
 def wav_duration(path: Path) -> float:
