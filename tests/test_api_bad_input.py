@@ -690,3 +690,33 @@ def test_zz_nothing_leaked_no_5xx_no_tracebacks(api):
         for name in CLIENT_NAMES[1:]:
             assert not (base / name).exists(), base / name
     assert not (ROOT / "etc").exists()
+
+
+def test_an_unhandled_error_answers_500_with_the_request_id_and_logs_one_line(monkeypatch, tmp_path, capfd):
+    """The request-context middleware (pure ASGI): a route that raises gets a JSON 500 naming the
+    request id it echoes, and the request's log line says 500 with the ids the handler bound."""
+    from fastapi import Request
+    from fastapi.testclient import TestClient
+
+    from upload_api.app import create_app
+    from upload_api.deps import bind
+
+    monkeypatch.setenv("DUBBING_DATA_DIR", str(tmp_path))
+    app = create_app()
+
+    async def boom(request):
+        bind(request, job_id="j" + "0" * 32)
+        raise RuntimeError("a bug")
+
+    boom.__annotations__["request"] = Request  # a real class: this module's annotations are strings
+    app.add_api_route("/boom", boom)
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom", headers={"X-Request-ID": "req-1.2_3"})
+    assert r.status_code == 500
+    assert r.json() == {"detail": "internal error", "request_id": "req-1.2_3"}
+    assert r.headers["x-request-id"] == "req-1.2_3"
+    logged = [json.loads(ln) for ln in capfd.readouterr().err.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in logged if ln.get("event") == "request" and ln.get("path") == "/boom"]
+    assert len(lines) == 1, logged
+    assert lines[0]["status"] == 500 and lines[0]["job_id"] == "j" + "0" * 32 and lines[0]["request_id"] == "req-1.2_3"

@@ -40,6 +40,56 @@ def database_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
+class RequestContext:
+    """Pure ASGI middleware (no per-request task, unlike @app.middleware): the request id (given in
+    X-Request-ID or made here) on the log context and the response, the size limits of JSON bodies,
+    a 500 with the request id for anything unhandled, and one JSON log line per request with the ids
+    its handler bound (request.state.log_ctx)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-request-id", "")
+        rid = given if REQUEST_ID_RE.match(given) else secrets.token_hex(8)
+        for var in logs.CONTEXT.values():
+            var.set(None)
+        logs.request_id.set(rid)
+        started = time.perf_counter()
+        path = scope["path"]
+        status = {"code": 500, "sent": False}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        length = headers.get("content-length", "")
+        is_body_route = path.endswith("/chunk") or path.startswith("/api/tus")
+        refusal = None
+        if not is_body_route and length.isdigit() and int(length) > MAX_JSON_BYTES:
+            refusal = JSONResponse({"detail": f"request body over {MAX_JSON_BYTES} bytes"}, status_code=413)
+        elif not is_body_route and "chunked" in headers.get("transfer-encoding", "").lower():
+            # no length to check up front: the JSON routes would read an unbounded body
+            refusal = JSONResponse({"detail": f"send a Content-Length header: JSON bodies are limited to "
+                                              f"{MAX_JSON_BYTES} bytes"}, status_code=411)
+        state = scope.setdefault("state", {})
+        try:
+            await (refusal or self.app)(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"path": path}})
+            if status["sent"]:
+                raise  # the answer has started: nothing better to send than a cut connection
+            await JSONResponse({"detail": "internal error", "request_id": rid},
+                               status_code=500)(scope, receive, send_with_id)
+        logs.log(log, "request", method=scope["method"], path=path, status=status["code"],
+                 ms=round((time.perf_counter() - started) * 1000, 1), **state.get("log_ctx", {}))
+
+
 def create_app() -> FastAPI:
     logs.setup()
     app = FastAPI(title="Dubbing platform API", version="0.1.0",
@@ -50,33 +100,7 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")  # the web UI's scripts and CSS
     app.add_middleware(DagsterUiGate)  # /dagster: the Dagster UI, admins only
 
-    @app.middleware("http")
-    async def context(request: Request, call_next):
-        given = request.headers.get("x-request-id", "")
-        rid = given if REQUEST_ID_RE.match(given) else secrets.token_hex(8)
-        for var in logs.CONTEXT.values():
-            var.set(None)
-        logs.request_id.set(rid)
-        started = time.perf_counter()
-        length = request.headers.get("content-length", "")
-        is_body_route = request.url.path.endswith("/chunk") or request.url.path.startswith("/api/tus")
-        if not is_body_route and length.isdigit() and int(length) > MAX_JSON_BYTES:
-            response = JSONResponse({"detail": f"request body over {MAX_JSON_BYTES} bytes"}, status_code=413)
-        elif not is_body_route and "chunked" in request.headers.get("transfer-encoding", "").lower():
-            # no length to check up front: the JSON routes would read an unbounded body
-            response = JSONResponse({"detail": f"send a Content-Length header: JSON bodies are limited to "
-                                               f"{MAX_JSON_BYTES} bytes"}, status_code=411)
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:
-                log.exception("unhandled error", extra={"fields": {"path": request.url.path}})
-                response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
-        response.headers["X-Request-ID"] = rid
-        ctx = getattr(request.state, "log_ctx", {})
-        logs.log(log, "request", method=request.method, path=request.url.path, status=response.status_code,
-                 ms=round((time.perf_counter() - started) * 1000, 1), **ctx)
-        return response
+    app.add_middleware(RequestContext)  # outermost: request id, body limits, one log line
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, exc: UploadError):
