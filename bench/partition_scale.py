@@ -36,6 +36,14 @@ PENDING_UPLOADS = 5
 BATCH = 1000
 
 
+def start_patiently(d: Deployment, *names: str) -> None:
+    """Start the deployment's processes, giving each up to 5 minutes to be healthy: on our shared 2-core
+    machines the API's first health checks took 3-7 s each, and the harness's 60 s ran out."""
+    wait = d._wait
+    d._wait = lambda ready, name, timeout: wait(ready, name, max(timeout, 300))
+    d.start(*names)
+
+
 def say(message: str) -> None:
     print(f"partition_scale: {message}", file=sys.stderr, flush=True)
 
@@ -182,7 +190,7 @@ def main() -> None:
         args.partitions, args.repeat = 500, 5
     started = time.time()
     with Deployment("bench_partitions") as d:
-        d.start("api")
+        start_patiently(d, "api")
         t = time.perf_counter()
         ids = seed_jobs(d, args.partitions)
         seeded_s = time.perf_counter() - t
