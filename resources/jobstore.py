@@ -30,6 +30,7 @@ class Base(DeclarativeBase):
 
 class JobRow(Base):
     __tablename__ = "dub_jobs"  # prefixed: Dagster has its own "jobs" table in a shared database
+    __table_args__ = (sa.Index("ix_dub_jobs_owner_seq", "owner", "seq"),)  # the job list (migration 0005)
 
     # seq orders jobs for the upload sensor's cursor (monotonic, unlike clocks); id is the job id
     # and the Dagster partition key.
