@@ -6,6 +6,7 @@ leaked database gives no usable credential."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -24,7 +25,13 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 TOKEN_PREFIX = "dub_"
 SESSION_DAYS = 14
 _HASHER = PasswordHasher()
-_DUMMY_HASH = _HASHER.hash("not a password: keeps unknown-user logins as slow as real ones")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Made on first use, not at import (every run worker imports this module; an argon2 hash is
+    about 0.1 s of CPU)."""
+    return _HASHER.hash("not a password: keeps unknown-user logins as slow as real ones")
 
 
 def utcnow() -> dt.datetime:
@@ -136,7 +143,7 @@ class Accounts:
         with self.session() as s:
             row = s.scalar(sa.select(UserRow).where(UserRow.name == name.strip().lower()))
         try:
-            _HASHER.verify(row.password_hash if row else _DUMMY_HASH, password)
+            _HASHER.verify(row.password_hash if row else _dummy_hash(), password)
         except (VerificationError, InvalidHashError):
             return None
         return _user(row) if row else None

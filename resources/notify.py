@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
-import httpx
 import sqlalchemy as sa
 import sqlalchemy.orm
 from sqlalchemy.orm import Mapped, mapped_column
@@ -284,6 +283,8 @@ class NtfyResource(dg.ConfigurableResource):
         auth = self._auth_header()
         if auth:
             headers["Authorization"] = auth
+        import httpx  # here, not at import: every run worker imports this module (httpx costs ~0.5 s)
+
         try:
             resp = httpx.post(base + "/", content=json.dumps(message).encode(), headers=headers,
                               timeout=self.timeout_s)

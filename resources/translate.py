@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Protocol
 
 import dagster as dg
-import httpx
 
 APERTIUM_MODES_DIR = Path("/usr/share/apertium/modes")
 # ISO 639-1 -> apertium's ISO 639-3 mode codes.
@@ -144,6 +143,8 @@ class LibreTranslate:
         body = {"q": list(texts), "source": _base(source), "target": _base(target), "format": "text"}
         if self.api_key:
             body["api_key"] = self.api_key
+        import httpx  # here, not at import: every run worker imports this module (httpx costs ~0.5 s)
+
         try:
             resp = httpx.post(f"{self.url}/translate", json=body, timeout=self.timeout)
         except httpx.HTTPError as exc:
