@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark 5 (issue 8): the API under load. GET /api/jobs/{id} and GET /api/uploads/{id} from 50
-concurrent clients (asyncio + httpx), with 10,000 jobs in the store, on the deployed shape's API
+concurrent clients (asyncio + httpx), with 10,000 jobs in the store (and one job with a real finished
+run, whose view reads the run's step stats and log too), on the deployed shape's API
 (uvicorn, one worker) over a Postgres database of its own. Reports p50/p99 latency, requests per
 second and errors.
 
@@ -46,6 +47,27 @@ def seed_jobs(d: Deployment, count: int) -> list[str]:
         for start in range(0, len(rows), 1000):
             conn.execute(sa.insert(JobRow), rows[start:start + 1000])
     return ids
+
+
+def finished_job(d: Deployment) -> str:
+    """One real dub (a 2-sentence talk, run in this process on the deployment's instance) for alice,
+    so one measured route is a job with a finished run: its view also reads the run's step stats
+    and last log lines, as a phone polling its job sees."""
+    import dagster as dg
+
+    from dubbing_assets.definitions import defs
+    from dubbing_assets.partitions import dub_jobs
+    from e2e_harness import make_talk
+    from resources.jobstore import JobStore
+
+    video = make_talk(d.root / "media")
+    job = JobStore(database_url=d.db_url).create_job(input_path=str(video), filename=video.name, source_lang="en",
+                                                     target_lang="es", owner=d.users["alice"].id)
+    with d.instance() as instance:
+        instance.add_dynamic_partitions(dub_jobs.name, [job.id])
+        result = defs.resolve_job_def("dub_job").execute_in_process(instance=instance, partition_key=job.id)
+        assert result.success, "the dub for the finished-job route failed"
+    return job.id
 
 
 async def load(url: str, token: str, paths: list[str], clients: int, total: int,
@@ -128,8 +150,11 @@ def main() -> int:
             uploads.append(r.json()["upload_id"])
         alice.close()
         sample = random.Random(1).sample(ids, min(500, len(ids)))
+        print("dubbing one short talk for the finished-job route ...", file=sys.stderr)
+        done = finished_job(d)
         paced_total = int(args.clients * args.paced_seconds / args.interval)
         for name, paths in (("GET /api/jobs/{id}", [f"/api/jobs/{j}" for j in sample]),
+                            ("GET /api/jobs/{id} (finished run)", [f"/api/jobs/{done}"]),
                             ("GET /api/uploads/{id}", [f"/api/uploads/{u}" for u in uploads])):
             results[name] = {}
             for mode, total, interval in (("closed_loop", args.requests, 0.0),

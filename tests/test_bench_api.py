@@ -25,7 +25,7 @@ def test_api_load_quick_run_reports_both_modes_for_both_routes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["jobs_in_store"] == 500 and figures["clients"] == 50
-    for route in ("GET /api/jobs/{id}", "GET /api/uploads/{id}"):
+    for route in ("GET /api/jobs/{id}", "GET /api/jobs/{id} (finished run)", "GET /api/uploads/{id}"):
         modes = figures["results"][route]
         assert set(modes) == {"closed_loop", "paced_1s"}
         for r in modes.values():

@@ -91,7 +91,9 @@ def test_timeline_of_a_finished_job(stack, done_job):
     starts = [s["start"] for s in tl["stages"]]
     assert starts == sorted(starts)
     total = sum(s["duration_s"] for s in tl["stages"])
-    assert tl["run_wall_s"] and abs(total - tl["run_wall_s"]) <= 0.10 * tl["run_wall_s"], (total, tl["run_wall_s"])
+    # the stages fill the run, less its start-up and hand-overs (about 1.5 s on this machine)
+    assert tl["run_wall_s"] and -0.05 <= tl["run_wall_s"] - total <= max(0.10 * tl["run_wall_s"], 3.0), \
+        (total, tl["run_wall_s"])
     assert tl["queue"]["state"] == "done" and tl["queue"]["duration_s"] >= 0
     by = {s["stage"]: s for s in tl["stages"]}
     assert by["transcript"]["metadata"]["segments"] == 5
