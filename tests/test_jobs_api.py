@@ -203,3 +203,23 @@ def test_cancel_mid_run_ends_cancelled_promptly_and_removes_temp_files(stack, tm
     instance = dg.DagsterInstance.from_config(stack.env["DAGSTER_HOME"])
     run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id}))[0]
     assert run.status == dg.DagsterRunStatus.CANCELED
+
+
+def test_what_a_finished_runs_events_say_is_read_once_and_a_live_runs_every_time():
+    import dagster as dg
+
+    from upload_api import dagster_view as dv
+
+    reads = []
+
+    def read():
+        reads.append(1)
+        return f"line {len(reads)}"
+
+    running = dg.DagsterRun(job_name="dub_job", run_id="r-live", status=dg.DagsterRunStatus.STARTED)
+    finished = dg.DagsterRun(job_name="dub_job", run_id="r-done", status=dg.DagsterRunStatus.SUCCESS)
+    assert [dv._finished_or_read(running, "last_line", read) for _ in range(3)] == ["line 1", "line 2", "line 3"]
+    reads.clear()
+    assert [dv._finished_or_read(finished, "last_line", read) for _ in range(3)] == ["line 1"] * 3
+    assert len(reads) == 1
+    assert dv._finished_or_read(finished, "current_stage", read) == "line 2"  # cached per field

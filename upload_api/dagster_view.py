@@ -5,6 +5,8 @@ attempts) and its log. Nothing here is stored: every answer is read from the ins
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from typing import Iterable
 
 import dagster as dg
@@ -98,6 +100,10 @@ def tail(instance: dg.DagsterInstance, run_id: str, n: int) -> list[dict]:
 def last_line(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> str | None:
     if run is None:
         return None
+    return _finished_or_read(run, "last_line", lambda: _last_line(instance, run))
+
+
+def _last_line(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
     lines = tail(instance, run.run_id, 20)
     meaningful = [ln for ln in lines if ln["message"] and ln["event"] not in ("LOGS_CAPTURED", "ENGINE_EVENT")]
     return (meaningful or lines or [{"message": None}])[-1]["message"]
@@ -176,6 +182,10 @@ def _run_wall(instance, runs: Iterable) -> float | None:
 def current_stage(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> str | None:
     if run is None:
         return None
+    return _finished_or_read(run, "current_stage", lambda: _current_stage(instance, run))
+
+
+def _current_stage(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
     current = None
     for stat in instance.get_run_step_stats(run.run_id):
         if stat.step_key in STAGE_LABELS:
@@ -183,3 +193,27 @@ def current_stage(instance: dg.DagsterInstance, run: dg.DagsterRun | None) -> st
                 return stat.step_key
             current = stat.step_key
     return current
+
+
+# What a finished run's events say never changes (a retry or re-run is a new run), so the job view
+# of a finished job, which phones poll, reads them once per process, not on every request: the view
+# of a job with a finished run cost ~25 ms (step stats and the last 20 events) against ~6 ms without.
+_FINISHED_CACHE: "OrderedDict[tuple[str, str], str | None]" = OrderedDict()
+_FINISHED_CACHE_MAX = 8192
+_FINISHED_LOCK = threading.Lock()
+
+
+def _finished_or_read(run: dg.DagsterRun, what: str, read):
+    if not run.is_finished:
+        return read()
+    key = (run.run_id, what)
+    with _FINISHED_LOCK:
+        if key in _FINISHED_CACHE:
+            _FINISHED_CACHE.move_to_end(key)
+            return _FINISHED_CACHE[key]
+    value = read()
+    with _FINISHED_LOCK:
+        _FINISHED_CACHE[key] = value
+        while len(_FINISHED_CACHE) > _FINISHED_CACHE_MAX:
+            _FINISHED_CACHE.popitem(last=False)
+    return value
