@@ -221,6 +221,70 @@ class BodyWriter:
         pending.add_done_callback(after_write)
 
 
+LOCK_WAIT_S = float(os.environ.get("UPLOAD_LOCK_WAIT_S", "120"))
+_LOCK_ENGINES: dict[str, sa.Engine] = {}
+_LOCK_ENGINES_LOCK = threading.Lock()
+
+
+def _lock_engine(engine: sa.Engine) -> sa.Engine:
+    """Connections for upload locks, apart from the request pool: a lock holds its connection while a
+    chunk's body arrives (seconds on a phone), which must not starve the other requests."""
+    url = engine.url.render_as_string(hide_password=False)
+    with _LOCK_ENGINES_LOCK:
+        if url not in _LOCK_ENGINES:
+            # a few kept open (a new Postgres connection costs ~5 ms per chunk), more on demand
+            _LOCK_ENGINES[url] = sa.create_engine(url, pool_size=2, max_overflow=48, pool_pre_ping=True,
+                                                  isolation_level="AUTOCOMMIT")
+        return _LOCK_ENGINES[url]
+
+
+def lock_key(upload_id: str) -> int:
+    """The upload's Postgres advisory lock key: 64 bits of a hash, namespaced to uploads."""
+    return int.from_bytes(hashlib.sha256(b"dub-upload:" + upload_id.encode()).digest()[:8], "big", signed=True)
+
+
+class CrossProcessLock:
+    """An upload's lock across API processes and machines: a Postgres session advisory lock on a
+    connection of its own, held while the request writes (chunk, tus PATCH, completion, deletion).
+    Postgres drops it when the connection ends, so a crashed API process never leaves an upload
+    locked. On SQLite (the embedded, one-process deployment) there is nothing to take: the
+    in-process lock is the whole story."""
+
+    def __init__(self, engine: sa.Engine, upload_id: str):
+        self.engine, self.key, self.conn = engine, lock_key(upload_id), None
+
+    def acquire(self, wait_s: float = LOCK_WAIT_S) -> None:
+        if self.engine.dialect.name != "postgresql":
+            return
+        import time
+
+        conn = _lock_engine(self.engine).connect()
+        deadline, pause = time.monotonic() + wait_s, 0.01
+        try:
+            while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(self.key))).scalar():
+                if time.monotonic() > deadline:
+                    raise UploadError(409, "another request is writing this upload right now; retry in a "
+                                           "few seconds")
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            if not self.conn.execute(sa.select(sa.func.pg_advisory_unlock(self.key))).scalar():
+                self.conn.invalidate()  # not ours any more: never hand this session back to the pool
+        except sa.exc.DBAPIError:
+            self.conn.invalidate()  # the connection is gone, and the lock with it
+        finally:
+            self.conn.close()
+            self.conn = None
+
+
 class UploadStore:
     def __init__(self, store: JobStore | None = None, root: Path | None = None):
         self.store = store or JobStore()
@@ -229,6 +293,9 @@ class UploadStore:
         # while an upload's bytes arrive in order, so completion does not read the file again
         self._hashes: "collections.OrderedDict[str, tuple[int, object]]" = collections.OrderedDict()
         self._hashes_lock = threading.Lock()
+
+    def cross_process_lock(self, upload_id: str) -> CrossProcessLock:
+        return CrossProcessLock(self.store.engine(), upload_id)
 
     # settings ----------------------------------------------------------------------------------
     @staticmethod

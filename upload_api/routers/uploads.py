@@ -4,6 +4,7 @@ the tus endpoints (routers/tus.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import weakref
@@ -27,14 +28,22 @@ MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and part headers around a chun
 _locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
 
 
-def upload_lock(upload_id: str) -> asyncio.Lock:
-    """One lock per upload (per process): chunk writes, completion and deletion of an upload are
-    serialised."""
+@contextlib.asynccontextmanager
+async def upload_lock(upload_id: str):
+    """One lock per upload: chunk writes, tus PATCHes, completion and deletion of an upload are
+    serialised — within this process (an asyncio lock), then across API processes and machines
+    sharing the database (a Postgres advisory lock; 409 if another holds it for UPLOAD_LOCK_WAIT_S)."""
     lock = _locks.get(upload_id)
     if lock is None:
         lock = asyncio.Lock()
         _locks[upload_id] = lock
-    return lock
+    async with lock:
+        shared = uploads().cross_process_lock(upload_id)
+        await run_in_threadpool(shared.acquire)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(shared.release)
 
 
 class InitIn(BaseModel):
