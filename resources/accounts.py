@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -78,6 +79,54 @@ class SessionRow(Base):
     csrf_token: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
     expires_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+
+
+class LoginFailureRow(Base):
+    __tablename__ = "dub_login_failures"
+    __table_args__ = (sa.Index("ix_dub_login_failures_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    at: Mapped[float] = mapped_column(sa.Float, nullable=False)
+
+
+class LoginLimiter:
+    """Failed logins per window: at most `attempts` per user name, and `per_address` (more, so that
+    users behind one proxy address do not lock each other out as fast) per client address. A
+    success clears only its user name's failures. Kept in the database, so the limit holds across
+    API processes and machines (a per-process count would multiply it by the replicas)."""
+
+    def __init__(self, store: JobStore, attempts: int = 5, window_s: float = 300.0,
+                 per_address: int | None = None):
+        self.store, self.attempts, self.window = store, attempts, window_s
+        self.per_address = per_address or attempts * 4
+
+    def _limit(self, key: str) -> int:
+        return self.per_address if key.startswith("ip:") else self.attempts
+
+    def retry_after(self, *keys: str) -> int:
+        now = time.time()
+        waits = []
+        with Session(self.store.engine()) as s:
+            for key in keys:
+                count, first = s.execute(sa.select(sa.func.count(), sa.func.min(LoginFailureRow.at))
+                                         .where(LoginFailureRow.key == key[:200],
+                                                LoginFailureRow.at > now - self.window)).one()
+                if count >= self._limit(key):
+                    waits.append(int(self.window - (now - first)) + 1)
+        return max(waits, default=0)
+
+    def fail(self, *keys: str) -> None:
+        now = time.time()
+        with Session(self.store.engine()) as s, s.begin():
+            s.execute(sa.delete(LoginFailureRow).where(LoginFailureRow.at <= now - self.window))
+            s.add_all(LoginFailureRow(key=key[:200], at=now) for key in keys)
+
+    def clear(self, *keys: str) -> None:
+        users = [key[:200] for key in keys if not key.startswith("ip:")]
+        if users:
+            with Session(self.store.engine()) as s, s.begin():
+                s.execute(sa.delete(LoginFailureRow).where(LoginFailureRow.key.in_(users)))
 
 
 @dataclass(frozen=True)

@@ -278,12 +278,23 @@ def test_login_limit_per_address(api):
         assert c.post("/api/auth/login", json=carla).status_code == 200
 
 
-def test_login_limiter_window_passes(monkeypatch):
-    from upload_api.routers import auth
+def test_login_limiter_window_passes_and_is_shared_through_the_database(monkeypatch, tmp_path):
+    from resources import accounts
+    from resources.jobstore import JobStore
 
-    now = [1000.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
-    limiter = auth.LoginLimiter(attempts=5, window_s=300)
+    now = [1_000_000.0]
+    monkeypatch.setattr(accounts.time, "time", lambda: now[0])
+    url = f"sqlite:///{tmp_path}/limits.db"
+    limiter = accounts.LoginLimiter(JobStore(database_url=url), attempts=5, window_s=300)
+    other_process = accounts.LoginLimiter(JobStore(database_url=url), attempts=5, window_s=300)
+    for _ in range(3):
+        limiter.fail("user:x", "ip:1")
+    for _ in range(2):
+        other_process.fail("user:x")
+    assert other_process.retry_after("user:x") == 301  # five failures, wherever they were counted
+    assert limiter.retry_after("user:x") == 301
+    other_process.clear("user:x", "ip:1")  # a success clears the user name, not the address
+    assert limiter.retry_after("user:x") == 0
     for _ in range(5):
         limiter.fail("user:x", "ip:1")
     assert limiter.retry_after("user:x") == 301

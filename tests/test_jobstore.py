@@ -129,11 +129,11 @@ def check_migrations(url: str) -> None:
     from resources import accounts, notify, uploads  # noqa: F401
 
     assert set(jobstore.Base.metadata.tables) == {"dub_jobs", "dub_users", "dub_tokens", "dub_sessions", "dub_uploads",
-                                                  "dub_notify_settings", "dub_notify_outbox"}
+                                                  "dub_notify_settings", "dub_notify_outbox", "dub_login_failures"}
     for name, table in jobstore.Base.metadata.tables.items():
         assert columns[name] == {c.name for c in table.columns}, name
     assert {"seq", "id", "upload_id", "owner", "input_path", "source_lang", "target_lang"} <= columns["dub_jobs"]
-    assert {"ix_dub_jobs_owner", "ix_dub_jobs_created_at", "ix_dub_jobs_upload_id"} <= indexes
+    assert {"ix_dub_jobs_owner", "ix_dub_jobs_owner_seq", "ix_dub_jobs_created_at", "ix_dub_jobs_upload_id"} <= indexes
 
 
 # --- ids and options (no database) --------------------------------------------------------------

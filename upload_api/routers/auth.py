@@ -2,60 +2,22 @@
 
 from __future__ import annotations
 
-import collections
+import functools
 import os
-import threading
-import time
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from resources import logs
-from resources.accounts import User
-from upload_api.deps import SESSION_COOKIE, CleanStr, accounts, current_user
+from resources.accounts import LoginLimiter, User
+from upload_api.deps import SESSION_COOKIE, CleanStr, accounts, current_user, job_store
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
 
-class LoginLimiter:
-    """Failed logins per window: at most `attempts` per user name, and `per_address` (more, so that
-    users behind one proxy address do not lock each other out as fast) per client address. A
-    success clears only its user name's failures."""
-
-    def __init__(self, attempts: int = 5, window_s: float = 300.0, per_address: int | None = None):
-        self.attempts, self.window = attempts, window_s
-        self.per_address = per_address or attempts * 4
-        self.failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self.lock = threading.Lock()
-
-    def _limit(self, key: str) -> int:
-        return self.per_address if key.startswith("ip:") else self.attempts
-
-    def retry_after(self, *keys: str) -> int:
-        now = time.monotonic()
-        with self.lock:
-            waits = []
-            for key in keys:
-                q = self.failures[key]
-                while q and now - q[0] > self.window:
-                    q.popleft()
-                if len(q) >= self._limit(key):
-                    waits.append(int(self.window - (now - q[0])) + 1)
-            return max(waits, default=0)
-
-    def fail(self, *keys: str) -> None:
-        with self.lock:
-            for key in keys:
-                self.failures[key].append(time.monotonic())
-
-    def clear(self, *keys: str) -> None:
-        with self.lock:
-            for key in keys:
-                if not key.startswith("ip:"):
-                    self.failures.pop(key, None)
-
-
-limiter = LoginLimiter(attempts=int(os.environ.get("LOGIN_MAX_FAILURES", "5")))
+@functools.cache
+def limiter() -> LoginLimiter:
+    return LoginLimiter(job_store(), attempts=int(os.environ.get("LOGIN_MAX_FAILURES", "5")))
 
 
 class LoginIn(BaseModel):
@@ -71,16 +33,16 @@ class TokenIn(BaseModel):
 def login(body: LoginIn, request: Request, response: Response):
     client = request.client.host if request.client else "?"
     keys = (f"ip:{client}", f"user:{body.username.strip().lower()}")
-    wait = limiter.retry_after(*keys)
+    wait = limiter().retry_after(*keys)
     if wait:
         logs.audit("login_rate_limited", username=body.username[:64], client=client)
         raise HTTPException(429, f"too many failed logins; try again in {wait} s", headers={"Retry-After": str(wait)})
     user = accounts().verify_password(body.username, body.password)
     if user is None:
-        limiter.fail(*keys)
+        limiter().fail(*keys)
         logs.audit("login_failed", username=body.username[:64], client=client)
         raise HTTPException(401, "wrong user name or password")
-    limiter.clear(*keys)
+    limiter().clear(*keys)
     sid, csrf = accounts().create_session(user)
     response.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="lax", path="/",
                         secure=os.environ.get("COOKIE_SECURE", "0") == "1", max_age=14 * 24 * 3600)

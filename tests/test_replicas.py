@@ -1,9 +1,12 @@
-"""An upload's lock holds across API processes (issue 9: API replicas behind a proxy): two uvicorn
-processes on different ports share one Postgres database and one data folder, and the same chunks of
-one upload, with different bodies, race through both at once. Each chunk must end up as exactly one
+"""API replicas behind a proxy (issue 9): two uvicorn processes on different ports share one Postgres
+database and one data folder. What must hold across them:
+
+The upload lock. The same chunks of one upload, with different bodies, race through both at once. Each chunk must end up as exactly one
 of the two bodies, never a mix, with one 200 and one 409 ("already received with different
 content"); the file completes with the sha256 of what was kept. Without the cross-process lock both
-writers pass the "not received yet" check and interleave their bytes."""
+writers pass the "not received yet" check and interleave their bytes.
+
+The login limit: failed logins counted by either process add up."""
 
 from __future__ import annotations
 
@@ -116,3 +119,16 @@ def test_a_lock_held_elsewhere_makes_a_writer_wait_then_409_with_the_reason(two_
         holder.release()
     waiter.acquire(wait_s=1)
     waiter.release()
+
+
+def test_failed_logins_through_both_processes_add_up_to_the_limit(two_apis):
+    d, urls = two_apis
+    for n in range(5):  # LOGIN_MAX_FAILURES: 3 through one process, 2 through the other
+        r = httpx.post(f"{urls[n % 2]}/api/auth/login", json={"username": "bob", "password": f"wrong-{n}"})
+        assert r.status_code == 401, r.text
+    for url in urls:
+        r = httpx.post(f"{url}/api/auth/login", json={"username": "bob", "password": "bob-password-123"})
+        assert r.status_code == 429 and "too many failed logins" in r.json()["detail"], r.text
+        assert 0 < int(r.headers["retry-after"]) <= 301
+    r = httpx.post(f"{urls[1]}/api/auth/login", json={"username": "alice", "password": "alice-password-123"})
+    assert r.status_code == 200  # another user behind the same address is not locked out
