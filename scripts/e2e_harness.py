@@ -271,9 +271,12 @@ class Deployment:
         self._wait(lambda: self._http_ok(f"http://127.0.0.1:{self.ports['webserver']}/server_info"),
                    "webserver", 120)
 
-    def start_api(self) -> None:
+    def start_api(self, workers: int = 1) -> None:
+        """uvicorn; with workers > 1, that many API processes behind one port (the job store is
+        migrated by then: __enter__ made the users)."""
+        extra = ["--workers", str(workers)] if workers > 1 else []
         self._spawn("api", [str(BIN / "uvicorn"), "upload_api.app:app", "--host", "127.0.0.1", "--port",
-                            str(self.ports["api"]), "--no-access-log"])
+                            str(self.ports["api"]), "--no-access-log", *extra])
         self._wait(lambda: self._http_ok(f"{self.url}/api/health", (200, 503)), "api", 60)
 
     @staticmethod

@@ -1,10 +1,11 @@
 """API replicas behind a proxy (issue 9): two uvicorn processes on different ports share one Postgres
 database and one data folder. What must hold across them:
 
-The upload lock. The same chunks of one upload, with different bodies, race through both at once. Each chunk must end up as exactly one
-of the two bodies, never a mix, with one 200 and one 409 ("already received with different
-content"); the file completes with the sha256 of what was kept. Without the cross-process lock both
-writers pass the "not received yet" check and interleave their bytes.
+The upload lock. The same chunks of one upload, with different bodies, race through both at once.
+Each chunk must end up as exactly one of the two bodies, never a mix, with one 200 and one 409
+("already received with different content"); the file completes with the sha256 of what was kept.
+Without the cross-process lock both writers pass the "not received yet" check and interleave their
+bytes.
 
 The login limit: failed logins counted by either process add up."""
 
@@ -38,8 +39,9 @@ def slow_body(data: bytes, pieces: int = 16, pause: float = 0.02):
 
 @pytest.fixture(scope="module")
 def two_apis():
-    from conftest import _postgres_or_fail
     from e2e_harness import BIN, Deployment, free_port
+
+    from conftest import _postgres_or_fail
 
     _postgres_or_fail().dispose()
     with Deployment("upload_locks") as d:
