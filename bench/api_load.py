@@ -29,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from e2e_harness import Deployment  # noqa: E402
+from e2e_harness import percentile as pct  # noqa: E402
 
 
 def seed_jobs(d: Deployment, count: int) -> list[str]:
@@ -105,11 +106,6 @@ async def load(url: str, token: str, paths: list[str], clients: int, total: int,
 
         await asyncio.gather(*(worker(n) for n in range(clients)))
     return latencies, errors
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def measure(d: Deployment, paths: list[str], clients: int, total: int, interval: float) -> dict:

@@ -34,26 +34,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from e2e_harness import FINISHED, Deployment, check, make_talk, wait_until  # noqa: E402
+from e2e_harness import percentile as pct  # noqa: E402
 
 TARGETS = {"p50_s": 8.0, "p95_s": 15.0}
 PHASES = ("sensor", "enqueue", "queue", "worker")
 
 
-def start_patiently(d: Deployment, *names: str) -> None:
-    """Start the deployment's processes, giving each up to 5 minutes to be healthy: on our shared 2-core
-    machines the API's first health checks took 3-7 s each, and the harness's 60 s ran out."""
-    wait = d._wait
-    d._wait = lambda ready, name, timeout: wait(ready, name, max(timeout, 300))
-    d.start(*names)
-
-
 def say(message: str) -> None:
     print(f"launch_latency: {message}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def summary(values: list[float]) -> dict:
@@ -185,7 +173,8 @@ def main() -> None:
         d.env.pop("UPLOAD_SENSOR_INTERVAL_S")  # the harness's 1 s; the bench measures the shipped default
         if args.sensor_interval:
             d.env["UPLOAD_SENSOR_INTERVAL_S"] = str(args.sensor_interval)
-        start_patiently(d, "code_server", "daemon", "api")
+        d.patience_s = 300
+        d.start("code_server", "daemon", "api")
         say(f"deployment up in {time.time() - started:.0f} s (code server, daemon, API on {d.db})")
         video = make_talk(d.root / "media", sentences=1)
         client = d.client("alice")

@@ -30,27 +30,15 @@ import httpx
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent / "scripts")]
 from api_load import seed_jobs  # noqa: E402
 from e2e_harness import Deployment, check  # noqa: E402
+from e2e_harness import percentile as pct  # noqa: E402
 
 TARGETS = {"sensor_tick_s": 2.0, "list_ms": 100.0}
 PENDING_UPLOADS = 5
 BATCH = 1000
 
 
-def start_patiently(d: Deployment, *names: str) -> None:
-    """Start the deployment's processes, giving each up to 5 minutes to be healthy: on our shared 2-core
-    machines the API's first health checks took 3-7 s each, and the harness's 60 s ran out."""
-    wait = d._wait
-    d._wait = lambda ready, name, timeout: wait(ready, name, max(timeout, 300))
-    d.start(*names)
-
-
 def say(message: str) -> None:
     print(f"partition_scale: {message}", file=sys.stderr, flush=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def summary(values: list[float], unit: str) -> dict:
@@ -190,7 +178,8 @@ def main() -> None:
         args.partitions, args.repeat = 500, 5
     started = time.time()
     with Deployment("bench_partitions") as d:
-        start_patiently(d, "api")
+        d.patience_s = 300
+        d.start("api")
         t = time.perf_counter()
         ids = seed_jobs(d, args.partitions)
         seeded_s = time.perf_counter() - t
