@@ -731,3 +731,12 @@ def test_an_unhandled_error_answers_500_with_the_request_id_and_logs_one_line(mo
     lines = [ln for ln in logged if ln.get("event") == "request" and ln.get("path") == "/boom"]
     assert len(lines) == 1, logged
     assert lines[0]["status"] == 500 and lines[0]["job_id"] == "j" + "0" * 32 and lines[0]["request_id"] == "req-1.2_3"
+
+
+def test_job_list_offsets_beyond_any_database_integer_are_refused(api):
+    """The offset reaches the SQL query: one past what a database integer holds is a 422, never a 500."""
+    with client(api, "alice") as c:
+        refused(c.get("/api/jobs", params={"offset": 10**19}), 422, "offset")
+        refused(c.get("/api/jobs", params={"offset": -1}), 422, "offset")
+        r = c.get("/api/jobs", params={"offset": 10**9})
+        assert r.status_code == 200 and r.json()["jobs"] == []

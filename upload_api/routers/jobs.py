@@ -71,7 +71,7 @@ def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> d
 @router.get("")
 async def list_jobs(user: User = Depends(current_user), state: str | None = Query(None),
                     owner: str | None = Query(None, max_length=32), limit: int = Query(20, ge=1, le=100),
-                    offset: int = Query(0, ge=0)):
+                    offset: int = Query(0, ge=0, le=1_000_000_000)):
     """My jobs (admins: everyone's, or one user's with `owner`), newest first; filter by state."""
     if state is not None and state not in STATES:
         raise HTTPException(422, f"state must be one of {', '.join(STATES)}")
