@@ -44,6 +44,15 @@ def two_apis():
     from conftest import _postgres_or_fail
 
     _postgres_or_fail().dispose()
+    saved = dict(os.environ)  # the harness points this process's environment at its deployment
+    try:
+        yield from _deployment(Deployment, BIN, free_port)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _deployment(Deployment, BIN, free_port):
     with Deployment("upload_locks") as d:
         d.start("api")
         port = free_port()
