@@ -289,3 +289,23 @@ def test_token_lookup_finds_the_user_and_writes_last_use_at_most_once_a_minute(s
         s.execute(sa.update(TokenRow).values(revoked_at=dt.datetime.now(dt.timezone.utc)))
         s.commit()
     assert accounts.user_for_token(token) is None  # a revoked token stops working at once
+
+
+@pytest.mark.postgres
+def test_postgres_fresh_database_migrated_by_several_processes_at_once(pg_url):
+    """API replicas (or uvicorn workers) starting together on an empty database each run the migrations:
+    they must take turns, not race to create the same tables."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from resources.jobstore import JobStore; "
+            "JobStore(database_url=sys.argv[1]).engine(); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=jobstore.settings.PROJECT_ROOT) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    failed = [err[-800:] for p, (out, err) in zip(procs, results) if p.returncode != 0]
+    assert not failed, failed
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select version_num from dubbing_alembic_version")).scalar_one() == HEAD
+    engine.dispose()
