@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 import threading
 import time
@@ -228,14 +227,17 @@ def dub(args: argparse.Namespace) -> int:
         )
     if not result.success:
         raise CliError(failure_reason(result))
-    outputs = MediaStorage().outputs(job.id)
-    if args.out:
+    storage = MediaStorage()
+    names = [o.name for o in storage.outputs(job.id)]
+    if args.out:  # copied (local) or downloaded (S3) there
         dest = Path(args.out).expanduser()
         dest.mkdir(parents=True, exist_ok=True)
-        outputs = [Path(shutil.copy2(p, dest / p.name)) for p in outputs]
+        outputs = [str(storage.copy_output(job.id, name, dest / name).resolve()) for name in names]
+    else:
+        outputs = [storage.output_location(job.id, name) for name in names]
     print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    for path in outputs:
-        print(path.resolve())
+    for location in outputs:
+        print(location)  # a local path, or an s3:// URL
     return 0
 
 

@@ -80,22 +80,23 @@ def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
     """The stage as a plain function: the original ducked under the dub, normalised, encoded."""
     speech = storage.read_json(job.id, "speech.json")
     codec, bitrate, suffix = media.MIX_CODECS[job.options.container]
-    mix_path = storage.artifact(job.id, "mix" + suffix)
     if speech["no_speech"]:
         storage.write_json(job.id, "mix.json", {"no_speech": True})
         return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix"})
     duration = storage.read_json(job.id, "source.json")["duration_s"]
     intervals = [(s["placed_start"], s["placed_end"]) for s in speech["segments"]]
     opts = job.options
-    with stage_errors("dubbed_mix"), Timer() as t:
+    with storage.scratch(job.id), stage_errors("dubbed_mix"), Timer() as t:
+        mix_path = storage.artifact(job.id, "mix" + suffix)
         raw = storage.artifact(job.id, "mix_raw.wav")
-        mix_to_wav(storage.artifact(job.id, "original.wav"), storage.artifact(job.id, "dub_track.wav"),
+        mix_to_wav(storage.fetch(job.id, "original.wav"), storage.fetch(job.id, "dub_track.wav"),
                    raw, duck_envelope(intervals, duration, opts.duck_db))
         measured = media.measure_loudness(raw, true_peak=False)
         gain = opts.target_lufs - measured.integrated_lufs if measured.integrated_lufs > -70 else 0.0
         media.encode_audio(raw, mix_path, gain_db=gain, codec=codec, bitrate=bitrate)
         final = media.measure_loudness(mix_path)
         raw.unlink(missing_ok=True)
+        storage.save(job.id, mix_path.name)
     storage.write_json(job.id, "mix.json", {
         "no_speech": False, "file": mix_path.name, "codec": codec, "gain_db": round(gain, 2),
         "integrated_lufs": final.integrated_lufs, "lra": final.lra, "true_peak_dbfs": final.true_peak_dbfs,

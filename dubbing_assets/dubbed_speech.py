@@ -62,7 +62,7 @@ def reference_clip(storage: MediaStorage, job_id: str, segments: list[dict]) -> 
     """Up to 12 s of the original speaker (for voice-cloning engines), cut from the original audio."""
     if not segments:
         return None
-    samples, rate = media.read_wav_mono(storage.artifact(job_id, "original.wav"))
+    samples, rate = media.read_wav_mono(storage.fetch(job_id, "original.wav"))
     pieces, total = [], 0.0
     for seg in segments:
         piece = samples[int(seg["start"] * rate):int(seg["end"] * rate)]
@@ -109,10 +109,10 @@ def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
     """The stage as a plain function: every translated segment spoken, fitted, placed on one track."""
     segments = [s for s in storage.read_json(job.id, "translation.json")["segments"] if s["text"].strip()]
     duration = storage.read_json(job.id, "source.json")["duration_s"]
-    seg_dir = storage.artifact(job.id, "segments")
-    seg_dir.mkdir(exist_ok=True)
     placements: list[Placement] = []
-    with stage_errors("dubbed_speech"), Timer() as t:
+    with storage.scratch(job.id), stage_errors("dubbed_speech"), Timer() as t:
+        seg_dir = storage.artifact(job.id, "segments")  # per-segment WAVs: scratch, never saved
+        seg_dir.mkdir(exist_ok=True)
         speaker = None
         engine = tts.engine_for(job.target_lang, job.options.tts_engine, job.voice, speaker_wav=None)
         if engine.name == "xtts":
@@ -133,6 +133,7 @@ def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
         for plan, wav in zip(plans, fitted, strict=True):
             placements.append(place(track, wav, *plan))
         media.write_wav(storage.artifact(job.id, "dub_track.wav"), track, MIX_RATE)
+        storage.save(job.id, "dub_track.wav")
     storage.write_json(job.id, "speech.json", {
         "engine": engine.name, "engine_version": engine.version,
         "voice": getattr(engine, "voice", None) or getattr(engine, "voice_name", None),

@@ -42,14 +42,14 @@ def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAG
     transcript = storage.read_json(job.id, "transcript.json")
     container = job.options.container
     stem = f"{output_stem(job.filename)}.{job.target_lang}"
-    build = storage.artifact(job.id, "export")
-    build.mkdir(exist_ok=True)
-    for old in build.iterdir():
-        old.unlink()
     no_speech = bool(mix["no_speech"])
     files: list[Path] = []
     subs: list[media.Track] = []
-    with stage_errors("dubbed_video"), Timer() as t:
+    with storage.scratch(job.id), stage_errors("dubbed_video"), Timer() as t:
+        build = storage.artifact(job.id, "export")
+        build.mkdir(exist_ok=True)
+        for old in build.iterdir():
+            old.unlink()
         if not no_speech:
             tgt_srt, tgt_vtt = subtitles.write_pair(
                 build / f"{stem}.srt", speech["segments"], "text", start_key="placed_start",
@@ -62,29 +62,30 @@ def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAG
                 media.Track(src_srt, job.source_lang, media.language_name(job.source_lang)),
             ]
         dub = None if no_speech else media.Track(
-            storage.artifact(job.id, mix["file"]), job.target_lang,
+            storage.fetch(job.id, mix["file"]), job.target_lang,
             f"{media.language_name(job.target_lang)} (dubbed)")
+        source = storage.input_file(job.id, src_info["path"], src_info.get("filename", ""))
         video = media.mux(
-            Path(src_info["path"]), build / f"{stem}.{container}", has_video=src_info["has_video"],
+            source, build / f"{stem}.{container}", has_video=src_info["has_video"],
             source_lang=job.source_lang, original_codec=src_info.get("audio_codec") or "",
             video_codec=src_info.get("video_codec"), dub=dub, subtitles=subs, container=container,
         )
         streams = media.media_streams(video)
         out_duration = float(media.probe(video).duration)
-    check = output_streams_check(
-        streams, expect_video=src_info["has_video"], expect_dub=not no_speech,
-        langs=(media.iso639_2(job.target_lang), media.iso639_2(job.source_lang)),
-    )
-    published = storage.publish_outputs(job.id, [video, *files])
+        check = output_streams_check(
+            streams, expect_video=src_info["has_video"], expect_dub=not no_speech,
+            langs=(media.iso639_2(job.target_lang), media.iso639_2(job.source_lang)),
+        )
+        published = storage.publish_outputs(job.id, [video, *files])
     if no_speech:
         log.warning("no speech was found: the export carries the original audio only")
     return dg.MaterializeResult(
         metadata={
-            "output": dg.MetadataValue.path(str(published[0])),
+            "output": dg.MetadataValue.path(storage.output_location(job.id, published[0].name)),
             "files": dg.MetadataValue.json([p.name for p in published]),
-            "outputs_dir": str(storage.outputs_dir(job.id)),
+            "outputs_dir": storage.output_location(job.id),
             "container": container,
-            "size_mb": round(published[0].stat().st_size / 1e6, 2),
+            "size_mb": round(published[0].size / 1e6, 2),
             "duration_s": round(out_duration, 3),
             "duration_ratio": round(out_duration / src_info["duration_s"], 4),
             "audio_tracks": sum(1 for s in streams if s.get("codec_type") == "audio"),

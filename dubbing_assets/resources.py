@@ -14,7 +14,8 @@ from resources.tts import TtsResource
 def build_defs() -> dg.Definitions:
     return dg.Definitions(resources={
         "job_store": JobStore(database_url=env_or("DATABASE_URL", "")),
-        "storage": MediaStorage(root=env_or("DUBBING_DATA_DIR", "")),
+        # local folder or S3 (DUBBING_STORAGE; the S3 settings are read from DUBBING_S3_* and AWS_*)
+        "storage": MediaStorage(root=env_or("DUBBING_DATA_DIR", ""), backend=env_or("DUBBING_STORAGE", "")),
         "asr": AsrResource(model=env_or("ASR_MODEL", BUNDLED), device=env_or("ASR_DEVICE", "cpu")),
         "translator": TranslatorResource(
             backend=env_or("TRANSLATOR", "auto"),

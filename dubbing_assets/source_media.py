@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import dagster as dg
 
 from dubbing_assets.partitions import dub_jobs
@@ -21,13 +19,13 @@ def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
 def probe_source(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
     """The stage as a plain function (the asset calls it; so can a script): probe and fully decode
     the job's input, write source.json."""
-    src = Path(job.input_path)
-    with stage_errors("source_media"), Timer() as t:
+    with storage.scratch(job.id), stage_errors("source_media"), Timer() as t:
         # a run refused up front when the disk is low, not halfway through writing its artifacts
         ensure_free_space(0, storage.root_path(), action="this run")
+        src = storage.input_file(job.id, job.input_path, job.filename)  # an s3:// input is fetched
         info = media.probe(src, job.filename)
         decoded = media.check_audio_decodes(src, info.duration, job.filename)
-    summary = {**info.summary(), "decoded_audio_s": round(decoded, 3), "path": str(src),
+    summary = {**info.summary(), "decoded_audio_s": round(decoded, 3), "path": job.input_path,
                "filename": job.filename, "source_lang": job.source_lang, "target_lang": job.target_lang}
     storage.write_json(job.id, "source.json", summary)
     return dg.MaterializeResult(metadata={

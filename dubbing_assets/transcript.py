@@ -21,8 +21,8 @@ def transcript(context: dg.AssetExecutionContext, job_store: JobStore, storage: 
 def transcribe_job(job: JobRecord, storage: MediaStorage, asr: AsrResource,
                    log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:
     """The stage as a plain function: faster-whisper over asr.wav, written to transcript.json."""
-    with stage_errors("transcript"), Timer() as t:
-        segments, info = asr.transcribe(storage.artifact(job.id, "asr.wav"), job.source_lang)
+    with storage.scratch(job.id), stage_errors("transcript"), Timer() as t:
+        segments, info = asr.transcribe(storage.fetch(job.id, "asr.wav"), job.source_lang)
     words = sum(len(s.words) for s in segments)
     data = {"language": job.source_lang, "info": info, "no_speech": not segments,
             "segments": [s.to_dict() for s in segments]}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import dagster as dg
 
 from dubbing_assets.jobs import dub_job
@@ -19,7 +17,5 @@ def cancelled_run_cleanup(context: dg.RunStatusSensorContext, storage: MediaStor
     job_id = context.dagster_run.tags.get("dagster/partition")
     if not job_id:
         return
-    job_dir = storage.job_dir(job_id)
-    for sub in ("work", "outputs"):
-        shutil.rmtree(job_dir / sub, ignore_errors=True)
+    storage.clear_job(job_id)
     context.log.info(f"removed temp files and outputs of cancelled job {job_id}")

@@ -774,7 +774,8 @@ def test_publish_outputs(tmp_path):
         files.append(build / name)
     published = storage.publish_outputs(job, files)
     out = storage.outputs_dir(job)
-    assert published == [out / n for n in names]
+    assert [(o.name, o.size) for o in published] == [(n, len(n) * 100) for n in names]
+    assert storage.outputs(job) == sorted(published, key=lambda o: o.name)
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # nothing else, no .partial
     assert not list(out.rglob("*.partial")) and not list(out.glob(".*"))
     for name in names:
