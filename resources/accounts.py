@@ -129,6 +129,35 @@ class LoginLimiter:
                 s.execute(sa.delete(LoginFailureRow).where(LoginFailureRow.key.in_(users)))
 
 
+class RateMarkRow(Base):
+    """The last time an action limited to one per interval was taken, by key (e.g. "test-notify:<user>")."""
+
+    __tablename__ = "dub_rate_marks"
+
+    key: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    at: Mapped[float] = mapped_column(sa.Float, nullable=False)
+
+
+def take_turn(store: JobStore, key: str, interval_s: float) -> int:
+    """One action per `interval_s` for `key`, across every API process on this database: 0 when this
+    caller may act now (and the time is marked in the same statement, so two processes asking at once
+    cannot both get 0), else the seconds to wait."""
+    now = time.time()
+    engine = store.engine()
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(RateMarkRow).values(key=key[:200], at=now)
+    stmt = stmt.on_conflict_do_update(index_elements=[RateMarkRow.key], set_={"at": now},
+                                      where=RateMarkRow.at <= now - interval_s).returning(RateMarkRow.key)
+    with engine.begin() as conn:
+        if conn.execute(stmt).first() is not None:
+            return 0
+        last = conn.execute(sa.select(RateMarkRow.at).where(RateMarkRow.key == key[:200])).scalar_one()
+    return max(1, int(interval_s - (now - last)) + 1)
+
+
 @dataclass(frozen=True)
 class User:
     id: str

@@ -7,7 +7,8 @@ Each chunk must end up as exactly one of the two bodies, never a mix, with one 2
 Without the cross-process lock both writers pass the "not received yet" check and interleave their
 bytes.
 
-The login limit: failed logins counted by either process add up."""
+The login limit: failed logins counted by either process add up. The test-notification limit (one per
+user per 5 s) holds across them too."""
 
 from __future__ import annotations
 
@@ -42,18 +43,22 @@ def two_apis():
     from e2e_harness import BIN, Deployment, free_port
 
     from conftest import _postgres_or_fail
+    from ntfy_fake import FakeNtfy
 
     _postgres_or_fail().dispose()
     saved = dict(os.environ)  # the harness points this process's environment at its deployment
+    ntfy = FakeNtfy().start()
     try:
-        yield from _deployment(Deployment, BIN, free_port)
+        yield from _deployment(Deployment, BIN, free_port, ntfy)
     finally:
+        ntfy.stop()
         os.environ.clear()
         os.environ.update(saved)
 
 
-def _deployment(Deployment, BIN, free_port):
-    with Deployment("upload_locks") as d:
+def _deployment(Deployment, BIN, free_port, ntfy):
+    with Deployment("upload_locks", env={"NTFY_URL": ntfy.url}) as d:
+        d.ntfy = ntfy
         d.start("api")
         port = free_port()
         d._spawn("api2", [str(BIN / "uvicorn"), "upload_api.app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -143,3 +148,28 @@ def test_failed_logins_through_both_processes_add_up_to_the_limit(two_apis):
         assert 0 < int(r.headers["retry-after"]) <= 301
     r = httpx.post(f"{urls[1]}/api/auth/login", json={"username": "alice", "password": "alice-password-123"})
     assert r.status_code == 200  # another user behind the same address is not locked out
+
+
+def test_one_test_notification_per_five_seconds_through_both_processes(two_apis):
+    d, urls = two_apis
+    headers = {"Authorization": f"Bearer {d.tokens['alice']}"}
+    r = httpx.post(f"{urls[0]}/api/settings/test-notification", headers=headers)
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{urls[1]}/api/settings/test-notification", headers=headers)  # the other process
+    assert r.status_code == 429 and "one test notification every 5 s" in r.json()["detail"], r.text
+    assert 1 <= int(r.headers["retry-after"]) <= 6
+    assert len(d.ntfy.messages) == 1
+    bob = {"Authorization": f"Bearer {d.tokens['bob']}"}  # a limit per user, not for everyone
+    assert httpx.post(f"{urls[1]}/api/settings/test-notification", headers=bob).status_code == 200
+
+
+def test_take_turn_lets_exactly_one_of_many_concurrent_callers_through(two_apis):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from resources.accounts import take_turn
+    from resources.jobstore import JobStore
+
+    store = JobStore(database_url=two_apis[0].db_url)
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(lambda _: take_turn(store, "race", 60), range(16)))
+    assert waits.count(0) == 1 and all(0 < w <= 61 for w in waits if w)

@@ -4,23 +4,19 @@ answers say only whether notifications are configured and where the server is.""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from resources import logs
-from resources.accounts import User
+from resources.accounts import User, take_turn
 from resources.notify import NotifySettings
-from upload_api.deps import current_user, notify_store, ntfy
+from upload_api.deps import current_user, job_store, notify_store, ntfy
 
 router = APIRouter(prefix="/api/settings", tags=["settings"])
 log = logging.getLogger("dubbing.api")
-TEST_INTERVAL_S = 5.0
-_last_test: dict[str, float] = {}
-_test_lock = threading.Lock()
+TEST_INTERVAL_S = 5.0  # one test notification per user per 5 s, through all API processes together
 
 
 class NotificationsIn(BaseModel):
@@ -82,12 +78,10 @@ async def test_notification(user: User = Depends(current_user)):
     server = ntfy()
     if not server.configured:
         raise HTTPException(409, "notifications are not configured on this server: an administrator sets NTFY_URL")
-    with _test_lock:
-        waited = time.monotonic() - _last_test.get(user.id, -1e9)
-        if waited < TEST_INTERVAL_S:
-            raise HTTPException(429, f"one test notification every {TEST_INTERVAL_S:.0f} s: try again shortly",
-                                headers={"Retry-After": str(int(TEST_INTERVAL_S - waited) + 1)})
-        _last_test[user.id] = time.monotonic()
+    wait = await run_in_threadpool(take_turn, job_store(), f"test-notify:{user.id}", TEST_INTERVAL_S)
+    if wait:
+        raise HTTPException(429, f"one test notification every {TEST_INTERVAL_S:.0f} s: try again shortly",
+                            headers={"Retry-After": str(wait)})
     current = await run_in_threadpool(notify_store().get_settings, user.id)
     topic = server.topic_for(user.name, current)
     delivery = await run_in_threadpool(server.publish, server.test_message(topic, current.priority, user.name))
