@@ -133,22 +133,30 @@ def new_job_id() -> str:
     return "j" + secrets.token_hex(16)
 
 
-_ENGINES: dict[str, sa.Engine] = {}
+_ENGINES: dict[str, sa.Engine] = {}  # by URL; a separate pool by "<purpose> <URL>"
 _MIGRATED: set[str] = set()
 _LOCK = threading.Lock()
+# engines apart from the request pool, by purpose (Postgres only)
+_POOLS = {
+    # upload locks: a lock holds its connection while a chunk's body arrives (seconds on a phone), which
+    # must not starve the other requests; a few kept open (a new connection costs ~5 ms), more on demand
+    "locks": dict(pool_size=2, max_overflow=48, isolation_level="AUTOCOMMIT"),
+}
 
 
-def get_engine(url: str) -> sa.Engine:
+def get_engine(url: str, purpose: str = "") -> sa.Engine:
+    """The process's engine for a database URL (one per URL), or a separate pool for `purpose`."""
     url = settings.normalise_db_url(url)
+    key = f"{purpose} {url}" if purpose else url
     with _LOCK:
-        engine = _ENGINES.get(url)
+        engine = _ENGINES.get(key)
         if engine is None:
             if url.startswith("sqlite:///"):
                 Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
                 engine = sa.create_engine(url, connect_args={"timeout": 30})
             else:
-                engine = sa.create_engine(url, pool_pre_ping=True)
-            _ENGINES[url] = engine
+                engine = sa.create_engine(url, pool_pre_ping=True, **_POOLS.get(purpose, {}))
+            _ENGINES[key] = engine
         return engine
 
 

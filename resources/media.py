@@ -124,6 +124,23 @@ def probe(path: Path, name: str | None = None) -> ProbeResult:
     except ffmpeg.Error as exc:
         tail = stderr_tail(exc.stderr, 3).replace(str(path), name).replace(path.name + ":", name + ":")
         raise MediaError(f"{name} is not a readable video or audio file: {tail}") from None
+    return _usable(info, name, size)
+
+
+def probe_url(url: str, name: str, size: int) -> ProbeResult:
+    """probe() for media behind a URL (a presigned S3 URL): ffprobe reads only what it needs, with range
+    requests. The URL (it holds a signature) never appears in a message."""
+    if size == 0:
+        raise MediaError(f"input file {name} is empty (0 bytes)")
+    try:
+        info = ffmpeg.probe(url, v="error", rw_timeout=30_000_000)
+    except ffmpeg.Error as exc:
+        tail = re.sub(r"\w+://\S+", name, stderr_tail(exc.stderr, 3))
+        raise MediaError(f"{name} is not a readable video or audio file: {tail}") from None
+    return _usable(info, name, size)
+
+
+def _usable(info: dict, name: str, size: int) -> ProbeResult:
     streams = info.get("streams", [])
     video = next(
         (s for s in streams if s.get("codec_type") == "video"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 BACKENDS = ("local", "s3")
 MIN_PART = 5 * 1024 * 1024  # S3's least part size (all parts but the last)
+MAX_PARTS = 10_000  # S3's most parts in one multipart upload
 
 
 class StorageConfigError(RuntimeError):

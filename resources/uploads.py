@@ -1,5 +1,6 @@
 """The upload store: resumable uploads (the chunk API and tus share it), in the job store's database
-plus one preallocated file per upload under <data>/uploads/<id>/data.
+plus the bytes: one preallocated file per upload under <data>/uploads/<id>/data (DUBBING_STORAGE=local),
+or an S3 multipart upload for the key uploads/<id>/data (DUBBING_STORAGE=s3, see `S3 uploads` below).
 
 Upload ids are 128 random bits (32 hex digits); anything else is simply not found. Files are named
 by id only, so client file names never reach a path."""
@@ -23,9 +24,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from resources import disk, readiness, settings
+from resources import disk, logs, readiness, s3, settings
 from resources.accounts import User, as_utc, utcnow
-from resources.jobstore import Base, JobOptions, JobRecord, JobStore
+from resources.jobstore import Base, JobOptions, JobRecord, JobStore, get_engine
 
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -40,11 +41,23 @@ RUNNING_HASHES_MAX = 1024  # uploads whose whole-file sha256 is kept up to date 
 class UploadError(Exception):
     """A refused request: HTTP status and a message naming the problem."""
 
-    def __init__(self, status: int, message: str, upload: "UploadView | None" = None):
+    def __init__(self, status: int, message: str, upload: "UploadView | None" = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.upload = upload
+        self.headers = headers or {}
+
+
+S3_RETRY_AFTER_S = 5
+
+
+def s3_unavailable(action: str, upload: "UploadView | None" = None) -> UploadError:
+    """S3 unreachable or overloaded: 503 + Retry-After. What was received so far is kept."""
+    return UploadError(503, f"the S3 storage is unavailable right now ({action}); the upload is kept: retry in "
+                            f"a few seconds and resume from its status", upload,
+                       headers={"Retry-After": str(S3_RETRY_AFTER_S)})
 
 
 class UploadRow(Base):
@@ -67,6 +80,9 @@ class UploadRow(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False, index=True)
     completed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     job_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    object_key: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)  # set: stored on S3
+    s3_upload_id: Mapped[str | None] = mapped_column(sa.String(1024), nullable=True)  # the multipart upload
+    tail_id: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)  # tus on S3: the local tail file
 
 
 @dataclass(frozen=True)
@@ -87,12 +103,31 @@ class UploadView:
     created_at: dt.datetime
     expires_at: dt.datetime
     job_id: str | None
+    object_key: str | None = None
+    s3_upload_id: str | None = None
+    tail_id: str | None = None
 
     @classmethod
     def from_row(cls, r: UploadRow) -> "UploadView":
         return cls(r.id, r.owner, r.filename, r.content_type, r.size_bytes, r.chunk_bytes, r.total_chunks,
                    r.received, r.received_bytes, r.sha256, r.state, r.protocol, json.loads(r.meta or "{}"),
-                   as_utc(r.created_at), as_utc(r.expires_at), r.job_id)
+                   as_utc(r.created_at), as_utc(r.expires_at), r.job_id, r.object_key, r.s3_upload_id, r.tail_id)
+
+    @property
+    def on_s3(self) -> bool:
+        return self.object_key is not None
+
+    @property
+    def next_part_bytes(self) -> int:
+        """S3: the length of the part after the received prefix (0 when every part is there)."""
+        return min(self.chunk_bytes, self.size_bytes - self.parts_bytes)
+
+    @property
+    def parts_bytes(self) -> int:
+        """S3: the bytes in the parts marked received, when they are a prefix (tus; the chunk API once
+        every part is there)."""
+        full = len(self.received) - len(self.received.lstrip("1"))
+        return min(full * self.chunk_bytes, self.size_bytes)
 
     def chunk_range(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk `index`."""
@@ -221,21 +256,9 @@ class BodyWriter:
         pending.add_done_callback(after_write)
 
 
-LOCK_WAIT_S = float(os.environ.get("UPLOAD_LOCK_WAIT_S", "120"))
-_LOCK_ENGINES: dict[str, sa.Engine] = {}
-_LOCK_ENGINES_LOCK = threading.Lock()
-
-
 def _lock_engine(engine: sa.Engine) -> sa.Engine:
-    """Connections for upload locks, apart from the request pool: a lock holds its connection while a
-    chunk's body arrives (seconds on a phone), which must not starve the other requests."""
-    url = engine.url.render_as_string(hide_password=False)
-    with _LOCK_ENGINES_LOCK:
-        if url not in _LOCK_ENGINES:
-            # a few kept open (a new Postgres connection costs ~5 ms per chunk), more on demand
-            _LOCK_ENGINES[url] = sa.create_engine(url, pool_size=2, max_overflow=48, pool_pre_ping=True,
-                                                  isolation_level="AUTOCOMMIT")
-        return _LOCK_ENGINES[url]
+    """Connections for upload locks, apart from the request pool (resources/jobstore.py, "locks")."""
+    return get_engine(engine.url.render_as_string(hide_password=False), "locks")
 
 
 def lock_key(upload_id: str) -> int:
@@ -253,11 +276,13 @@ class CrossProcessLock:
     def __init__(self, engine: sa.Engine, upload_id: str):
         self.engine, self.key, self.conn = engine, lock_key(upload_id), None
 
-    def acquire(self, wait_s: float = LOCK_WAIT_S) -> None:
+    def acquire(self, wait_s: float | None = None) -> None:
         if self.engine.dialect.name != "postgresql":
             return
         import time
 
+        if wait_s is None:
+            wait_s = UploadStore.lock_wait_s()
         conn = _lock_engine(self.engine).connect()
         deadline, pause = time.monotonic() + wait_s, 0.01
         try:
@@ -307,6 +332,19 @@ class UploadStore:
         return int(os.environ.get("UPLOAD_CHUNK_BYTES", str(8 * 1024 * 1024)))
 
     @staticmethod
+    def s3_chunk_size(size_bytes: int) -> int:
+        """On S3 a chunk is a part: at least S3's 5 MiB (all but the last part) and at most 10,000 parts;
+        a multiple of the configured chunk size."""
+        base = UploadStore.chunk_size()
+        least = max(s3.MIN_PART, -(-size_bytes // s3.MAX_PARTS))
+        return base * -(-least // base)
+
+    @staticmethod
+    def lock_wait_s() -> float:
+        """How long a writer waits for another writer of the same upload before 409 (UPLOAD_LOCK_WAIT_S)."""
+        return float(os.environ.get("UPLOAD_LOCK_WAIT_S", "120"))
+
+    @staticmethod
     def ttl() -> dt.timedelta:
         return dt.timedelta(hours=float(os.environ.get("UPLOAD_TTL_HOURS", "24")))
 
@@ -342,12 +380,14 @@ class UploadStore:
             sha256 = str(sha256).lower()
             if not SHA256_RE.match(sha256):
                 raise UploadError(422, "sha256 must be 64 hex digits")
+        on_s3 = s3.backend() == "s3"
+        chunk = self.s3_chunk_size(size_bytes) if on_s3 else self.chunk_size()
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            disk.ensure_free_space(size_bytes, self.root, action="this upload")
+        try:  # on S3 this disk only holds a part in transit (a chunk being received, a tus tail)
+            disk.ensure_free_space(min(size_bytes, 2 * chunk) if on_s3 else size_bytes, self.root,
+                                   action="this upload")
         except disk.DiskSpaceError as exc:
             raise UploadError(507, exc.message) from None
-        chunk = self.chunk_size()
         total = -(-size_bytes // chunk)
         now = utcnow()
         row = UploadRow(id=secrets.token_hex(16), owner=user.id, filename=filename,
@@ -355,6 +395,8 @@ class UploadStore:
                         chunk_bytes=chunk, total_chunks=total, received="0" * total, received_bytes=0,
                         sha256=sha256, state="receiving", protocol=protocol, meta=json.dumps(meta or {}),
                         created_at=now, expires_at=now + self.ttl())
+        if on_s3:
+            row.object_key = s3.settings().key("uploads", row.id, "data")
         with self.session() as s, s.begin():
             used = s.scalar(sa.select(sa.func.coalesce(sa.func.sum(UploadRow.size_bytes), 0))
                             .where(UploadRow.owner == user.id, UploadRow.state.in_(ACTIVE))) or 0
@@ -366,10 +408,15 @@ class UploadStore:
             path = self.data_path(row.id)
             path.parent.mkdir(parents=True)
             try:
-                with open(path, "wb") as fh:
-                    fh.truncate(size_bytes)  # sparse: chunks are written at their offsets
-            except OSError:
-                self._remove_data(row.id)
+                if on_s3:  # the row commits only once the multipart upload exists
+                    row.s3_upload_id = self._s3_call(
+                        "starting the upload", None, "create_multipart_upload", Key=row.object_key,
+                        ContentType=row.content_type)["UploadId"]
+                else:
+                    with open(path, "wb") as fh:
+                        fh.truncate(size_bytes)  # sparse: chunks are written at their offsets
+            except BaseException:
+                self._remove_local(row.id)
                 raise
         return UploadView.from_row(row)
 
@@ -383,7 +430,7 @@ class UploadStore:
                 raise UploadError(404, "upload not found")
             if row.state == "receiving" and as_utc(row.expires_at) < utcnow():
                 row.state = "expired"
-                self._remove_data(row.id)
+                self._remove_data(row)  # on S3 when reachable; else the expiry sweep aborts it later
             return UploadView.from_row(row)
 
     def require_receiving(self, view: UploadView) -> None:
@@ -403,8 +450,9 @@ class UploadStore:
             row.expires_at = utcnow() + self.ttl()  # an upload that makes progress stays alive
             return UploadView.from_row(row)
 
-    def set_offset(self, upload_id: str, offset: int) -> UploadView:
-        """tus: bytes [0, offset) are on disk; chunks they cover count as received."""
+    def set_offset(self, upload_id: str, offset: int, tail_id: str | None = None) -> UploadView:
+        """tus: bytes [0, offset) are on disk; chunks they cover count as received. On S3: bytes
+        [0, offset) are in parts plus the local tail `tail_id`, whose chunk is not received yet."""
         with self.session() as s, s.begin():
             row = s.get(UploadRow, upload_id, with_for_update=True)
             if not row.received_bytes <= offset <= row.size_bytes:
@@ -412,6 +460,8 @@ class UploadStore:
             full = offset // row.chunk_bytes if offset < row.size_bytes else row.total_chunks
             row.received = "1" * full + row.received[full:]
             row.received_bytes = offset
+            if row.object_key is not None:
+                row.tail_id = tail_id
             row.expires_at = utcnow() + self.ttl()  # an upload that makes progress stays alive
             return UploadView.from_row(row)
 
@@ -454,14 +504,24 @@ class UploadStore:
         with self._hashes_lock:
             self._hashes.pop(upload_id, None)
 
-    def file_sha256(self, upload_id: str, size: int | None = None) -> str:
+    def file_sha256(self, upload_id: str, size: int | None = None, view: "UploadView | None" = None) -> str:
         """The sha256 of the upload's file: from the running hash when it covers all `size` bytes,
-        else read from disk."""
+        else read from disk (S3: the assembled object, streamed back)."""
         with self._hashes_lock:
             covered, running = self._hashes.get(upload_id, (0, None))
         if running is not None and size is not None and covered == size:
             return running.hexdigest()
         h = hashlib.sha256()
+        if view is not None and view.on_s3:
+            body = self._s3_call("reading the file back", view, "get_object", Key=view.object_key)["Body"]
+            try:
+                while block := body.read(4 * 1024 * 1024):
+                    h.update(block)
+            except Exception as exc:
+                if s3.is_transient(exc):
+                    raise s3_unavailable("reading the file back", view) from None
+                raise
+            return h.hexdigest()
         with open(self.data_path(upload_id), "rb") as fh:
             while block := fh.read(4 * 1024 * 1024):
                 h.update(block)
@@ -500,13 +560,16 @@ class UploadStore:
             disk.ensure_free_space(0, self.root, action="a new job")
         except disk.DiskSpaceError as exc:
             raise UploadError(507, f"{exc.message}. The upload is kept: complete it again then", view) from None
+        input_path = s3.settings().url(view.object_key) if view.on_s3 else str(self.data_path(view.id))
         with self.session() as s, s.begin():
             job = self.store.create_job(
-                input_path=str(self.data_path(view.id)), filename=view.filename, source_lang=source_lang,
+                input_path=input_path, filename=view.filename, source_lang=source_lang,
                 target_lang=target_lang, voice=voice, owner=user.id if user else view.owner, options=opts,
                 upload_id=view.id, session=s)
             self.mark_complete(view.id, job, s)
         self.drop_running_hash(view.id)
+        if view.on_s3:
+            self._remove_local(view.id)  # spool and tail files: the upload lives in S3 now
         return job
 
     def delete(self, view: UploadView) -> None:
@@ -514,21 +577,304 @@ class UploadStore:
             row = s.get(UploadRow, view.id, with_for_update=True)
             if row.state == "complete" and row.job_id:
                 raise UploadError(409, "upload already became a job; cancel or delete the job instead", view)
+            if row.object_key is not None:  # S3 first: unreachable, the upload stays as it was (503)
+                self._remove_s3(row, strict=True)
             row.state = "aborted"
         self.drop_running_hash(view.id)
-        self._remove_data(view.id)
+        self._remove_local(view.id)
 
     def expire_abandoned(self, now: dt.datetime | None = None, limit: int = 500) -> int:
-        """Mark uploads past their expiry as expired and remove their partial data."""
+        """Mark uploads past their expiry as expired and remove their partial data (on S3: abort the
+        multipart upload; one that could not be aborted, S3 being away, is aborted by a later sweep)."""
         now = now or utcnow()
         with self.session() as s, s.begin():
             rows = s.scalars(sa.select(UploadRow).where(UploadRow.state == "receiving",
                                                         UploadRow.expires_at < now).limit(limit)).all()
+            s3_ok = True  # S3 away: one failed abort is enough for this sweep; the next one retries
             for row in rows:
                 row.state = "expired"
-        for row in rows:
-            self._remove_data(row.id)
+                if row.object_key is not None and s3_ok:
+                    s3_ok = self._remove_s3(row)
+                self._remove_local(row.id)
+            if s3_ok:
+                left = s.scalars(sa.select(UploadRow).where(UploadRow.state.in_(("expired", "aborted")),
+                                                            UploadRow.s3_upload_id.is_not(None)).limit(limit)).all()
+                for row in left:
+                    if s3_ok and row not in rows:
+                        s3_ok = self._remove_s3(row)
         return len(rows)
 
-    def _remove_data(self, upload_id: str) -> None:
+    def _remove_data(self, row: UploadRow) -> None:
+        """The bytes of an upload that is going away (the caller changes its state in the same session)."""
+        if row.object_key is not None:
+            self._remove_s3(row)
+        self._remove_local(row.id)
+
+    def _remove_local(self, upload_id: str) -> None:
         shutil.rmtree(self.root / upload_id, ignore_errors=True)
+
+    def _remove_s3(self, row: UploadRow, strict: bool = False) -> bool:
+        """Abort the row's multipart upload, or delete its assembled object; clears s3_upload_id. S3
+        unreachable: False (strict: 503), and s3_upload_id stays set for a later sweep."""
+        cfg = s3.settings()
+        try:
+            if row.s3_upload_id:
+                try:
+                    s3.client(cfg).abort_multipart_upload(Bucket=cfg.bucket, Key=row.object_key,
+                                                          UploadId=row.s3_upload_id)
+                except Exception as exc:
+                    if _s3_code(exc) != "NoSuchUpload":
+                        raise
+            elif row.state != "complete" or not row.job_id:
+                s3.client(cfg).delete_object(Bucket=cfg.bucket, Key=row.object_key)  # assembled, no job
+        except Exception as exc:
+            logs.log(_log, "s3_remove_failed", level=logs.logging.WARNING, upload_id=row.id,
+                     error=type(exc).__name__, code=_s3_code(exc))
+            if strict:
+                if s3.is_transient(exc):
+                    raise s3_unavailable("deleting the upload", UploadView.from_row(row)) from None
+                raise UploadError(502, f"S3 refused to delete the upload ({_s3_code(exc) or type(exc).__name__})",
+                                  UploadView.from_row(row)) from None
+            return False
+        row.s3_upload_id = None
+        return True
+
+
+    # S3 uploads ----------------------------------------------------------------------------------
+    # With DUBBING_STORAGE=s3 an upload's bytes go into an S3 multipart upload for uploads/<id>/data.
+    # Chunk API: a chunk is a part (chunk i = part i + 1; chunk_bytes at least 5 MiB), spooled to local
+    # disk while it arrives and checked, then uploaded, so chunks may come in any order. tus: PATCH bytes
+    # go to a local tail file (<root>/<id>/tail-<tail_id>); each time it holds a whole part it becomes
+    # the next part, and the last part goes up when the last byte arrives. The offset is the bytes in
+    # parts plus the tail; a tail this process cannot vouch for (missing, another replica's, a length
+    # that does not fit the row) is dropped and the offset falls back to the parts: the client resends.
+    # The part list in S3 is the truth: the received bitmap is reconciled with ListParts when this process
+    # first reads an upload's status and at completion.
+    def _s3_call(self, action: str, view: "UploadView | None", method: str, **kw):
+        cfg = s3.settings()
+        try:
+            return getattr(s3.client(cfg), method)(Bucket=cfg.bucket, **kw)
+        except Exception as exc:
+            if s3.is_transient(exc):
+                logs.log(_log, "s3_unavailable", level=logs.logging.WARNING, action=action,
+                         error=type(exc).__name__)
+                raise s3_unavailable(action, view) from None
+            code = _s3_code(exc)
+            if code == "NoSuchUpload":
+                raise UploadError(410, "the upload's S3 multipart upload is gone (aborted or expired in S3); "
+                                       "start a new upload", view) from None
+            if code:
+                logs.log(_log, "s3_refused", level=logs.logging.WARNING, action=action, code=code)
+                raise UploadError(502, f"S3 refused {action} ({code})", view) from None
+            raise
+
+    def s3_parts(self, view: UploadView) -> dict[int, tuple[int, str]]:
+        """The parts S3 holds for the upload: part number -> (size, ETag)."""
+        parts: dict[int, tuple[int, str]] = {}
+        marker = 0
+        while True:
+            page = self._s3_call("listing the parts", view, "list_parts", Key=view.object_key,
+                                 UploadId=view.s3_upload_id, PartNumberMarker=marker, MaxParts=1000)
+            for part in page.get("Parts", []):
+                parts[part["PartNumber"]] = (part["Size"], part["ETag"])
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page["NextPartNumberMarker"])
+
+    def _received_from_parts(self, view: UploadView, parts: dict[int, tuple[int, str]]) -> str:
+        ok = ["1" if parts.get(i + 1, (-1, ""))[0] == view.chunk_range(i)[1] else "0"
+              for i in range(view.total_chunks)]
+        received = "".join(ok)
+        if view.protocol == "tus":  # tus parts are a prefix: a part past a gap is not counted
+            full = len(received) - len(received.lstrip("1"))
+            received = "1" * full + "0" * (view.total_chunks - full)
+        return received
+
+    def reconcile(self, view: UploadView, parts: dict[int, tuple[int, str]] | None = None) -> UploadView:
+        """The received bitmap made to match S3's part list (the caller holds the upload's lock). A tus
+        tail that no longer fits the parts is dropped with it."""
+        if not view.on_s3 or view.state != "receiving" or not view.s3_upload_id:
+            return view
+        parts = self.s3_parts(view) if parts is None else parts
+        received = self._received_from_parts(view, parts)
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, view.id, with_for_update=True)
+            if row.received != received:
+                logs.log(_log, "upload_reconciled", upload_id=view.id, before=row.received.count("1"),
+                         after=received.count("1"))
+            row.received = received
+            if row.protocol == "tus":
+                now = UploadView.from_row(row)
+                if self.tus_offset(now) != now.received_bytes:
+                    row.received_bytes, row.tail_id = now.parts_bytes, None
+            else:
+                row.received_bytes = sum(UploadView.from_row(row).chunk_range(i)[1]
+                                         for i, c in enumerate(received) if c == "1")
+            return UploadView.from_row(row)
+
+    def part_etag(self, view: UploadView, index: int) -> str | None:
+        return self.s3_parts(view).get(index + 1, (0, None))[1]
+
+    def put_part(self, view: UploadView, index: int, path: Path, offset: int, length: int,
+                 md5: bytes | None = None) -> str:
+        """Upload bytes [offset, offset + length) of a local file as chunk `index` (part index + 1), with
+        their MD5 for S3 to check (computed here when not given). Returns the ETag."""
+        import base64
+
+        with open(path, "rb") as fh:
+            if md5 is None:
+                h, left = hashlib.md5(), length
+                fh.seek(offset)
+                while left > 0 and (block := fh.read(min(left, 4 * 1024 * 1024))):
+                    h.update(block)
+                    left -= len(block)
+                md5 = h.digest()
+            fh.seek(offset)
+            body = _Window(fh, length)
+            return self._s3_call("storing a part", view, "upload_part", Key=view.object_key,
+                                 UploadId=view.s3_upload_id, PartNumber=index + 1, Body=body,
+                                 ContentLength=length, ContentMD5=base64.b64encode(md5).decode())["ETag"]
+
+    def assemble(self, view: UploadView) -> UploadView:
+        """Every part in S3 (checked with ListParts; missing ones are marked so and 409), then
+        CompleteMultipartUpload. Idempotent: an upload already assembled is left as it is."""
+        if not view.s3_upload_id:
+            return view
+        parts = self.s3_parts(view)
+        view = self.reconcile(view, parts)
+        if view.next_missing is not None:
+            raise UploadError(409, f"{view.received.count('0')} chunk(s) missing in S3; first missing is "
+                                   f"{view.next_missing}", view)
+        self._s3_call("assembling the file", view, "complete_multipart_upload", Key=view.object_key,
+                      UploadId=view.s3_upload_id,
+                      MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n][1]}
+                                                 for n in range(1, view.total_chunks + 1)]})
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, view.id, with_for_update=True)
+            row.s3_upload_id = None  # the object exists now; no more parts
+            return UploadView.from_row(row)
+
+    def probe(self, view: UploadView):
+        """ffprobe the received file (S3: through a short-lived presigned URL, never shown)."""
+        from resources import media
+
+        if not view.on_s3:
+            return media.probe(self.data_path(view.id), view.filename)
+        cfg = s3.settings()
+        try:
+            url = s3.client(cfg).generate_presigned_url(
+                "get_object", Params={"Bucket": cfg.bucket, "Key": view.object_key}, ExpiresIn=900)
+        except Exception as exc:
+            if s3.is_transient(exc):
+                raise s3_unavailable("probing the file", view) from None
+            raise
+        return media.probe_url(url, view.filename, view.size_bytes)
+
+    # tus tail on local disk
+    def tail_path(self, upload_id: str, tail_id: str) -> Path:
+        return self.data_path(upload_id).parent / f"tail-{tail_id}"
+
+    def tail_length(self, view: UploadView) -> int | None:
+        """Bytes in this process's copy of the upload's tail; None when there is none here."""
+        if not view.tail_id:
+            return 0 if view.received_bytes == view.parts_bytes else None
+        try:
+            return self.tail_path(view.id, view.tail_id).stat().st_size
+        except OSError:
+            return None
+
+    def tus_offset(self, view: UploadView) -> int:
+        """The offset a tus client resumes from: the parts, plus the tail when this process holds it and
+        it is less than the next part (a whole part still here means S3 failed to take it: resent)."""
+        if not view.on_s3 or view.state != "receiving":
+            return view.received_bytes
+        tail = view.received_bytes - view.parts_bytes
+        if tail == 0 or (0 < tail < view.next_part_bytes and self.tail_length(view) == tail):
+            return view.received_bytes
+        return view.parts_bytes
+
+    def set_tus_s3(self, upload_id: str, parts: int, offset: int, tail_id: str | None) -> UploadView:
+        """tus on S3: the first `parts` parts are in S3, bytes up to `offset` in them plus the tail."""
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, upload_id, with_for_update=True)
+            row.received = "1" * parts + "0" * (row.total_chunks - parts)
+            row.received_bytes, row.tail_id = offset, tail_id
+            row.expires_at = utcnow() + self.ttl()  # an upload that makes progress stays alive
+            return UploadView.from_row(row)
+
+    def settle_tail(self, view: UploadView, tail_id: str, length: int) -> UploadView:
+        """tus on S3: the tail file `tail_id` holds `length` bytes from the end of the parts. Whole parts
+        of it go to S3 as the next parts; what is left becomes the tail (a new file when parts went up).
+        The progress is recorded. S3 failing: the parts it took are recorded, the tail is dropped (the
+        client resends from the parts) and the error (503) raised."""
+        parts = len(view.received) - len(view.received.lstrip("1"))
+        path, pos = self.tail_path(view.id, tail_id), 0
+        try:
+            while parts < view.total_chunks:
+                need = view.chunk_range(parts)[1]
+                if length - pos < need:
+                    break
+                self.put_part(view, parts, path, pos, need)
+                parts, pos = parts + 1, pos + need
+        except BaseException:
+            done = min(parts * view.chunk_bytes, view.size_bytes)
+            self.set_tus_s3(view.id, parts, done, None)
+            path.unlink(missing_ok=True)
+            raise
+        done, rest, new_id = min(parts * view.chunk_bytes, view.size_bytes), length - pos, tail_id
+        if pos and rest:
+            new_id = secrets.token_hex(8)
+            with open(path, "rb") as src, open(self.tail_path(view.id, new_id), "wb") as dst:
+                src.seek(pos)
+                dst.write(src.read(rest))  # less than a part
+                dst.flush()
+                os.fdatasync(dst.fileno())
+        elif not rest:
+            new_id = None
+        view = self.set_tus_s3(view.id, parts, done + rest, new_id)
+        if new_id != tail_id:
+            path.unlink(missing_ok=True)
+        return view
+
+    def drop_tail(self, view: UploadView) -> UploadView:
+        """The tail this process cannot vouch for is forgotten: the offset falls back to the parts."""
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, view.id, with_for_update=True)
+            now = UploadView.from_row(row)
+            logs.log(_log, "tus_tail_dropped", upload_id=view.id, offset=row.received_bytes,
+                     parts_bytes=now.parts_bytes)
+            row.received_bytes, row.tail_id = now.parts_bytes, None
+            return UploadView.from_row(row)
+
+
+class _Window:
+    """A read-only window [start, start + length) of an open file, for boto3 (seekable, so its retries
+    can rewind)."""
+
+    def __init__(self, fh, length: int):
+        self.fh, self.start, self.length = fh, fh.tell(), length
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.start + self.length - self.fh.tell()
+        if left <= 0:
+            return b""
+        return self.fh.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: self.start, 1: self.fh.tell(), 2: self.start + self.length}[whence]
+        self.fh.seek(base + pos)
+        return self.tell()
+
+    def tell(self) -> int:
+        return self.fh.tell() - self.start
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def _s3_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+_log = logs.logging.getLogger("dubbing.uploads")

@@ -108,7 +108,7 @@ def create_app() -> FastAPI:
         if exc.upload is not None:
             body["upload"] = exc.upload.status()
         logs.log(log, "refused", level=logging.INFO, status=exc.status, reason=exc.message)
-        return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store"})
+        return JSONResponse(body, status_code=exc.status, headers={"Cache-Control": "no-store", **exc.headers})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import email.utils
 import hashlib
 import mimetypes
 import os
+import secrets
 from typing import Callable
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -30,7 +32,7 @@ from resources import logs, readiness
 from resources.accounts import User
 from resources.uploads import LANG_RE, BodyWriter, UploadError, UploadView
 from upload_api.deps import bind, current_user, uploads
-from upload_api.routers.uploads import complete_upload, get_upload, upload_lock
+from upload_api.routers.uploads import complete_upload, get_upload, reconciled, upload_lock
 
 log = logs.logging.getLogger("dubbing.api.tus")
 
@@ -167,6 +169,8 @@ async def write_body(request: Request, view: UploadView, offset: int) -> tuple[U
     whether the client went away. A client that goes away mid-body keeps what was received and synced
     (tus lets the server keep a partial PATCH), unless the body was checksummed: an unverifiable piece
     is dropped. A body that runs past Upload-Length or fails its checksum moves the offset not at all."""
+    if view.on_s3:
+        return await write_body_s3(request, view, offset)
     checksum = parse_checksum(request)
     room = view.size_bytes - offset
     declared = request.headers.get("content-length")
@@ -208,6 +212,85 @@ async def write_body(request: Request, view: UploadView, offset: int) -> tuple[U
         logs.log(log, "tus_patch_interrupted", level=logs.logging.WARNING, offset=offset, bytes=written,
                  kept=written, upload_offset=view.received_bytes)
     return view, written, interrupted
+
+
+async def write_body_s3(request: Request, view: UploadView, offset: int) -> tuple[UploadView, int, bool]:
+    """write_body() for an upload on S3 (resources/uploads.py, S3 uploads): the body is appended to the
+    local tail file; each time the tail holds the next whole part, it goes to S3 (a checksummed body
+    first in full, once its checksum is right). The same outcomes as write_body(); S3 failing answers
+    503 with the offset at the parts it holds."""
+    store = uploads()
+    checksum = parse_checksum(request)
+    room = view.size_bytes - offset
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > room:
+        raise UploadError(400, f"body of {int(declared)} bytes goes past Upload-Length "
+                               f"({view.size_bytes}; {room} bytes left at offset {offset})", view)
+    running = store.running_hash(view.id, offset)
+    hashers = [checksum[1] if checksum else None, running]
+    tail_id = view.tail_id or secrets.token_hex(8)
+    start = offset - view.parts_bytes  # bytes already in the tail file
+
+    def open_tail(tail_id: str, length: int) -> int:
+        path = store.tail_path(view.id, tail_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.ftruncate(fd, length)  # a tail that was checked to be `length` long, or a new one
+        return fd
+
+    writer = BodyWriter(await run_in_threadpool(open_tail, tail_id, start), start, hashers)
+    total, interrupted = 0, False
+
+    async def settle(reopen: bool = True) -> None:
+        """The tail file is complete on disk: whole parts of it go to S3, the rest is the new tail."""
+        nonlocal view, writer, tail_id, start
+        await writer.flush()
+        await run_in_threadpool(os.fdatasync, writer.fd)
+        length = start + writer.written
+        writer.close()
+        writer = BodyWriter(None, 0, [])
+        view = await run_in_threadpool(store.settle_tail, view, tail_id, length)
+        if not reopen or view.received_bytes == view.size_bytes:
+            return
+        tail_id = view.tail_id or secrets.token_hex(8)
+        start = view.received_bytes - view.parts_bytes
+        writer = BodyWriter(await run_in_threadpool(open_tail, tail_id, start), start, hashers)
+
+    try:
+        try:
+            async for piece in request.stream():
+                if not piece:
+                    continue
+                if total + len(piece) > room:
+                    raise UploadError(400, f"body goes past Upload-Length ({view.size_bytes} bytes); "
+                                           "nothing of it was kept", view)
+                while piece:
+                    # unchecked bodies go to S3 part by part, so the tail stays under a part
+                    cut = len(piece) if checksum else min(len(piece), view.next_part_bytes - start - writer.received)
+                    await writer.add(piece[:cut])
+                    total, piece = total + cut, piece[cut:]
+                    if not checksum and start + writer.received == view.next_part_bytes:
+                        await settle()
+        except ClientDisconnect:
+            interrupted = True
+        await writer.flush()
+        if checksum and (interrupted or checksum[1].digest() != checksum[2]):
+            await run_in_threadpool(os.ftruncate, writer.fd, start)  # the piece is dropped
+            if interrupted:
+                logs.log(log, "tus_patch_interrupted", level=logs.logging.WARNING, offset=offset, bytes=total,
+                         kept=0, reason="checksummed piece cut off")
+                return view, 0, True
+            raise UploadError(460, f"Upload-Checksum mismatch: the body's {checksum[0]} differs; "
+                                   "the piece was dropped", view)
+        if writer.written:
+            await settle(reopen=False)
+    finally:
+        writer.close()
+    store.keep_running_hash(view.id, offset, total, running)
+    if interrupted:
+        logs.log(log, "tus_patch_interrupted", level=logs.logging.WARNING, offset=offset, bytes=total,
+                 kept=total, upload_offset=view.received_bytes)
+    return view, total, interrupted
 
 
 def interrupted_response(view: UploadView) -> Response:
@@ -308,6 +391,9 @@ async def head(upload_id: str, request: Request, user: User = Depends(current_us
     view = await get_upload(request, upload_id, user)
     require_alive(view)
     require_tus(view)
+    if view.on_s3:  # the parts S3 holds, plus the tail when this process holds it
+        view = await reconciled(request, view, user)
+        view = dataclasses.replace(view, received_bytes=uploads().tus_offset(view))
     response = Response(status_code=200)
     upload_headers(view, response)
     response.headers["Upload-Length"] = str(view.size_bytes)
@@ -331,6 +417,8 @@ async def patch(upload_id: str, request: Request, user: User = Depends(current_u
     async with upload_lock(view.id):
         view = await get_upload(request, upload_id, user)
         uploads().require_receiving(view)
+        if view.on_s3 and uploads().tus_offset(view) != view.received_bytes:
+            view = await run_in_threadpool(uploads().drop_tail, view)  # not here: the client resends it
         if offset != view.received_bytes:
             raise UploadError(409, f"Upload-Offset {offset} does not match the upload's offset "
                                    f"{view.received_bytes}; HEAD the upload and resume from there", view)

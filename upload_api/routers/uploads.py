@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
+import secrets
 import weakref
 from typing import Any
 
@@ -17,19 +19,19 @@ from starlette.requests import ClientDisconnect
 
 from resources import logs, media
 from resources.accounts import User
-from resources.uploads import SHA256_RE, BodyWriter, UploadError, UploadView
+from resources.uploads import SHA256_RE, WRITE_BLOCK, BodyWriter, UploadError, UploadView
 from upload_api.deps import CleanStr, bind, current_user, uploads
 
 router = APIRouter(prefix="/api/uploads", tags=["uploads"])
 log = logs.logging.getLogger("dubbing.api.uploads")
-WRITE_BLOCK = 1024 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and part headers around a chunk
 
 _locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
+_reconciled: set[str] = set()  # S3 uploads whose received chunks this process has checked with ListParts
 
 
 @contextlib.asynccontextmanager
-async def upload_lock(upload_id: str):
+async def upload_lock(upload_id: str, wait_s: float | None = None):
     """One lock per upload: chunk writes, tus PATCHes, completion and deletion of an upload are
     serialised — within this process (an asyncio lock), then across API processes and machines
     sharing the database (a Postgres advisory lock; 409 if another holds it for UPLOAD_LOCK_WAIT_S)."""
@@ -39,11 +41,35 @@ async def upload_lock(upload_id: str):
         _locks[upload_id] = lock
     async with lock:
         shared = uploads().cross_process_lock(upload_id)
-        await run_in_threadpool(shared.acquire)
+        await run_in_threadpool(shared.acquire, wait_s)
         try:
             yield
         finally:
             await run_in_threadpool(shared.release)
+
+
+async def reconciled(request: Request, view: UploadView, user: User) -> UploadView:
+    """An S3 upload's status as S3 has it: the first time this process reads it, the received chunks
+    are checked against S3's part list (a process that died between storing a part and recording it,
+    a part lost in S3). Skipped while a writer holds the upload (its state is live) or S3 is away (the
+    recorded state is answered; the check comes on a later read)."""
+    if not view.on_s3 or view.state != "receiving" or not view.s3_upload_id or view.id in _reconciled:
+        return view
+    lock = _locks.get(view.id)
+    if lock is not None and lock.locked():
+        return view
+    try:
+        async with upload_lock(view.id, wait_s=0):
+            view = await get_upload(request, view.id, user)
+            view = await run_in_threadpool(uploads().reconcile, view)
+    except UploadError as exc:
+        if exc.status in (409, 503):
+            return view
+        raise
+    if len(_reconciled) > 100_000:
+        _reconciled.clear()
+    _reconciled.add(view.id)
+    return view
 
 
 class InitIn(BaseModel):
@@ -85,7 +111,7 @@ async def init(body: InitIn, request: Request, response: Response, user: User = 
 
 @router.get("/{upload_id}")
 async def status(upload_id: str, request: Request, response: Response, user: User = Depends(current_user)):
-    view = await get_upload(request, upload_id, user)
+    view = await reconciled(request, await get_upload(request, upload_id, user), user)
     no_store(response)
     return view.status()
 
@@ -132,6 +158,15 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
     async with upload_lock(view.id):
         view = await get_upload(request, upload_id, user)
         uploads().require_receiving(view)
+        if view.on_s3:
+            try:
+                view, already = await put_chunk_s3(request, view, index, want_sha, offset, length)
+            except _ChunkInterrupted:
+                return Response(status_code=400)
+            logs.log(log, "chunk_received", index=index, bytes=length, repeated=already,
+                     received_bytes=view.received_bytes, storage="s3")
+            no_store(response)
+            return view.status()
         already = view.received[index] == "1"
         digest = hashlib.sha256() if (want_sha or already) else None
         running = None if already else uploads().running_hash(view.id, offset)
@@ -168,6 +203,57 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
     return view.status()
 
 
+class _ChunkInterrupted(Exception):
+    pass
+
+
+async def put_chunk_s3(request: Request, view: UploadView, index: int, want_sha: str | None, offset: int,
+                       length: int) -> tuple[UploadView, bool]:
+    """A chunk of an S3 upload (the caller holds the lock): spooled to local disk while it arrives,
+    checked (length, X-Chunk-SHA256), then uploaded as part index + 1 with its MD5. A chunk received
+    before is compared with its part's ETag (the part's MD5): the same bytes are a no-op, others 409."""
+    store = uploads()
+    if not view.s3_upload_id:
+        raise UploadError(409, "the upload was already assembled in S3; delete it and start a new one", view)
+    already = view.received[index] == "1"
+    digest = hashlib.sha256() if want_sha else None
+    md5 = hashlib.md5()
+    running = None if already else store.running_hash(view.id, offset)
+    spool = store.data_path(view.id).parent / f"chunk-{index}-{secrets.token_hex(4)}"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    writer = BodyWriter(os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0, [digest, md5, running])
+    try:
+        try:
+            async for piece in body_pieces(request):
+                if writer.received + len(piece) > length:
+                    raise UploadError(400, f"chunk {index} is longer than its {length} bytes", view)
+                await writer.add(piece)
+            await writer.flush()
+        except ClientDisconnect:
+            logs.log(log, "chunk_interrupted", level=logs.logging.WARNING, index=index, bytes=writer.received)
+            raise _ChunkInterrupted() from None
+        finally:
+            writer.close()
+        if writer.written != length:
+            raise UploadError(400, f"chunk {index} must be {length} bytes; got {writer.written}", view)
+        if want_sha and digest.hexdigest() != want_sha.lower():
+            raise UploadError(422, f"chunk {index} checksum mismatch: X-Chunk-SHA256 does not match the body", view)
+        if already:
+            etag = (await run_in_threadpool(store.part_etag, view, index) or "").strip('"').lower()
+            if etag == md5.hexdigest():
+                return view, True
+            if re.fullmatch(r"[0-9a-f]{32}", etag):  # an MD5 ETag: the part holds other bytes
+                raise UploadError(409, f"chunk {index} was already received with different content", view)
+            # no part in S3 after all (or an ETag that is not an MD5): the part is stored again
+        await run_in_threadpool(store.put_part, view, index, spool, 0, length, md5.digest())
+    finally:
+        spool.unlink(missing_ok=True)
+    view = await run_in_threadpool(store.mark_chunk, view.id, index)
+    if not already:
+        store.keep_running_hash(view.id, offset, length, running)
+    return view, False
+
+
 @router.post("/{upload_id}/complete")
 async def complete(upload_id: str, body: CompleteIn, request: Request, user: User = Depends(current_user)):
     return await complete_upload(request, upload_id, user, target_lang=body.target_lang,
@@ -186,6 +272,10 @@ async def complete_upload(request: Request, upload_id: str, user: User, *, targe
         if view.state == "complete" and view.job_id:
             return {"job_id": view.job_id, "upload_id": view.id, "created": False}
         uploads().require_receiving(view)
+        if view.on_s3:  # every part checked against S3's list, then the object assembled
+            if view.protocol == "tus" and view.received_bytes != view.size_bytes:
+                raise UploadError(409, f"{view.size_bytes - view.received_bytes} bytes missing", view)
+            view = await run_in_threadpool(uploads().assemble, view)
         if view.next_missing is not None:
             raise UploadError(409, f"{view.received.count('0')} chunk(s) missing; first missing is "
                                    f"{view.next_missing}", view)
@@ -193,11 +283,11 @@ async def complete_upload(request: Request, upload_id: str, user: User, *, targe
         if want:
             if not SHA256_RE.match(want):
                 raise UploadError(422, "sha256 must be 64 hex digits", view)
-            got = await run_in_threadpool(uploads().file_sha256, view.id, view.size_bytes)
+            got = await run_in_threadpool(uploads().file_sha256, view.id, view.size_bytes, view)
             if got != want:
                 raise UploadError(422, "the file's sha256 does not match; re-send it or delete the upload", view)
         try:
-            await run_in_threadpool(media.probe, uploads().data_path(view.id), view.filename)
+            await run_in_threadpool(uploads().probe, view)
         except media.MediaError as exc:
             raise UploadError(422, str(exc), view) from None
         job = await run_in_threadpool(
