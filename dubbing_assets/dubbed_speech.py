@@ -96,7 +96,7 @@ def place(track: np.ndarray, fitted: Path, seg: dict, raw: Path, natural: float,
 
 
 @dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"python"}, deps=[translation],
-          code_version="1", check_specs=[dg.AssetCheckSpec(NO_OVERLAP, asset="dubbed_speech",
+          code_version="1", pool="tts", check_specs=[dg.AssetCheckSpec(NO_OVERLAP, asset="dubbed_speech",
                                                            description="no dubbed segment overlaps the next")],
           description="The translation spoken by the TTS engine, each segment fitted to its original slot.")
 def dubbed_speech(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
