@@ -1,0 +1,555 @@
+"""The example deployment in deploy/ (docs/deploy.md) holds together: every file parses, the compose
+file has the services with their commands and health checks, the settings it passes are the ones the
+code reads (a renamed setting fails here), nginx streams upload bodies, the Helm values use keys the
+Dagster chart knows, the GPU tag has the dagster-k8s/config form, and the Dagster instance configs
+load with Dagster's own config schema. The heavy stages carry their pools.
+
+Validated for real here: YAML/JSON syntax, Dagster instance config (dagster's schema and, where the
+class is installed, the class's own config schema), `nginx -t` when nginx is installed, Dagster's CLI
+for pool limits, `dagster instance migrate` on PostgreSQL. Validated for shape only (the package or
+tool is not installed here): the Helm values (no `helm template`; keys checked against the chart's
+schema, helm/dagster/schema in the Dagster repository), the dagster-k8s/config tag (dagster-k8s'
+USER_DEFINED_K8S_JOB_CONFIG_SCHEMA rebuilt below), S3ComputeLogManager's config (dagster-aws 0.29.27's
+config_type keys, rebuilt below), the compose file (no `docker compose config`) and the Dockerfile."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import validate_config
+from dagster._core.instance.config import dagster_instance_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+COMPOSE_DIR = DEPLOY / "compose"
+HELM_DIR = DEPLOY / "helm"
+BIN = Path(sys.executable).parent
+CODE_DIRS = ("resources", "upload_api", "sensors", "dubbing_assets")
+
+
+def load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def deploy_files(*suffixes: str) -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in suffixes)
+
+
+def deploy_instance_configs() -> list[Path]:
+    """Every Dagster instance config in deploy/ (compose's, and the Celery profile's once it is there)."""
+    return [p for p in deploy_files(".yaml") if p.name == "dagster.yaml"]
+
+
+# --- settings: what the code reads ------------------------------------------------------------------
+
+# os.environ.get("X"), os.environ["X"], getenv("X"), env("X"), env.get("X"), and the settings helpers
+_READ = re.compile(r"""(?:environ(?:\.get)?|getenv|\benv(?:\.get)?|env_or|env_float|\bflag|\bnumber)"""
+                   r"""\(\s*["']([A-Z][A-Z0-9_]+)["']""")
+_INDEX = re.compile(r"""environ\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]""")
+# read by libraries the platform uses, not by its own code
+THIRD_PARTY = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+POSTGRES_IMAGE = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
+
+
+def names_read_by_code() -> set[str]:
+    names: set[str] = set()
+    for folder in CODE_DIRS:
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            names.update(_READ.findall(text))
+            names.update(_INDEX.findall(text))
+    return names
+
+
+def env_refs(node) -> set[str]:
+    """The variables a Dagster YAML reads ({env: NAME})."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if set(node) == {"env"} and isinstance(node["env"], str):
+            found.add(node["env"])
+        for value in node.values():
+            found |= env_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= env_refs(value)
+    return found
+
+
+def names_read_by_instance_configs() -> set[str]:
+    found: set[str] = set()
+    for path in [ROOT / "dagster.yaml", *deploy_instance_configs()]:
+        found |= env_refs(load_yaml(path))
+    return found
+
+
+def known_settings() -> set[str]:
+    return names_read_by_code() | names_read_by_instance_configs() | THIRD_PARTY
+
+
+def unknown(names) -> list[str]:
+    known = known_settings()
+    return sorted(n for n in names if n not in known)
+
+
+def test_the_settings_scan_finds_the_real_settings_and_would_catch_a_renamed_one():
+    code = names_read_by_code()
+    for name in ("DATABASE_URL", "DAGSTER_HOME", "DUBBING_DATA_DIR", "DUBBING_STORAGE", "DUBBING_S3_BUCKET",
+                 "DUBBING_S3_ENDPOINT_URL", "DUBBING_S3_REGION", "DUBBING_S3_PREFIX", "DUBBING_S3_PATH_STYLE",
+                 "UPLOAD_CHUNK_BYTES", "UPLOAD_LOCK_WAIT_S", "MAX_UPLOAD_MB", "COOKIE_SECURE", "NTFY_URL",
+                 "NTFY_AUTH", "PUBLIC_BASE_URL", "ASR_DEVICE", "XTTS_DEVICE"):
+        assert name in code, f"{name} is no longer read by the code: update deploy/ and docs/deploy.md"
+    assert "DAGSTER_POSTGRES_URL" in names_read_by_instance_configs()
+    assert unknown(["DUBBING_S3_BUCKETS", "DUBBING_S3_BUCKET"]) == ["DUBBING_S3_BUCKETS"]
+
+
+# --- every file parses ------------------------------------------------------------------------------
+
+def test_every_yaml_and_json_file_in_deploy_parses():
+    files = deploy_files(".yaml", ".yml", ".json")
+    assert {p.relative_to(DEPLOY).as_posix() for p in files} >= {
+        "compose/compose.yaml", "compose/dagster.yaml", "compose/workspace.yaml", "helm/values.yaml",
+        "helm/values-gpu.yaml", "helm/gpu-tag.json"}
+    for path in files:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else load_yaml(path)
+        assert isinstance(data, dict) and data, path
+
+
+# --- compose -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(COMPOSE_DIR / "compose.yaml")
+
+
+def command(service: dict) -> list[str]:
+    cmd = service["command"]
+    return cmd if isinstance(cmd, list) else cmd.split()
+
+
+def test_compose_has_every_service_with_an_image_a_command_and_a_health_check(compose):
+    services = compose["services"]
+    assert set(services) >= {"postgres", "seaweedfs", "migrate", "api1", "api2", "proxy", "codeserver", "daemon",
+                             "webserver"}
+    for name, svc in services.items():
+        assert svc.get("image"), f"{name}: no image"
+        if name != "migrate":  # a one-shot step: the others wait for it to complete
+            assert svc.get("healthcheck", {}).get("test"), f"{name}: no health check"
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            if cond["condition"] == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep} to be healthy: it has no check"
+    app = [n for n, s in services.items() if s["image"].startswith("dubbing-platform")]
+    assert set(app) == {"migrate", "api1", "api2", "codeserver", "daemon", "webserver"}
+    build = services["api1"]["build"]
+    assert (COMPOSE_DIR / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+    # every mounted file is in deploy/compose
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (COMPOSE_DIR / source).is_file(), f"{name} mounts missing {source}"
+
+
+def test_compose_commands_start_the_platform_as_the_gates_do(compose):
+    services = compose["services"]
+    for api in ("api1", "api2"):
+        cmd = command(services[api])
+        assert cmd[:2] == ["uvicorn", "upload_api.app:app"] and "--proxy-headers" in cmd
+        assert services[api]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    code = command(services["codeserver"])
+    assert code[:3] == ["dagster", "code-server", "start"]
+    assert code[code.index("-m") + 1] == "dubbing_assets.definitions"
+    port = int(code[code.index("-p") + 1])
+    location = code[code.index("--location-name") + 1]
+    # the daemon and webserver load the code server through the workspace mounted into them
+    workspace = load_yaml(COMPOSE_DIR / "workspace.yaml")["load_from"][0]["grpc_server"]
+    assert (workspace["host"], workspace["port"], workspace["location_name"]) == ("codeserver", port, location)
+    # one location name everywhere: runs remember it, and the API's own workspace re-executes by it
+    root_workspace = load_yaml(ROOT / "workspace.yaml")["load_from"][0]["python_module"]
+    assert location == root_workspace["location_name"] == load_yaml(HELM_DIR / "values.yaml")[
+        "dagster-user-deployments"]["deployments"][0]["name"]
+    for name, binary in (("daemon", "dagster-daemon"), ("webserver", "dagster-webserver")):
+        cmd = command(services[name])
+        assert cmd[0] == binary
+        mounted = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounted[cmd[cmd.index("-w") + 1]] == "./workspace.yaml"
+    migrate = command(services["migrate"])
+    assert migrate[0] == "sh" and migrate[1].endswith("deploy/compose/migrate.sh")
+    script = (COMPOSE_DIR / "migrate.sh").read_text()
+    assert "dagster instance migrate" in script and "dubbing init" in script
+    subprocess.run(["sh", "-n", str(COMPOSE_DIR / "migrate.sh")], check=True)
+    # every app process reads the same instance config
+    for name in ("migrate", "api1", "codeserver", "daemon", "webserver"):
+        volumes = services[name].get("volumes", [])
+        assert "./dagster.yaml:/opt/dagster/dagster_home/dagster.yaml:ro" in volumes, name
+        assert services[name]["environment"]["DAGSTER_HOME"] == "/opt/dagster/dagster_home"
+
+
+def test_compose_passes_only_settings_the_code_reads(compose):
+    for name, svc in compose["services"].items():
+        env = svc.get("environment") or {}
+        names = set(env) - (POSTGRES_IMAGE if name == "postgres" else set())
+        assert not unknown(names), f"{name} sets variables nothing reads: {unknown(names)}"
+    env = compose["services"]["api1"]["environment"]
+    assert env["DUBBING_STORAGE"] == "s3"  # several machines: files in S3, never one machine's disk
+    for name in ("DUBBING_S3_BUCKET", "DUBBING_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[name], name
+    for name in ("DATABASE_URL", "DAGSTER_POSTGRES_URL"):
+        assert env[name].startswith("postgresql+psycopg2://"), name  # not psycopg 3 (platform facts)
+
+
+# --- nginx -------------------------------------------------------------------------------------------
+
+NGINX = COMPOSE_DIR / "nginx.conf"
+
+
+def nginx_locations(text: str) -> dict[str, str]:
+    """location pattern -> body (the config has no nested blocks inside locations)."""
+    return {m.group(1).strip(): m.group(2) for m in re.finditer(r"location\s+([^{]+)\{([^}]*)\}", text)}
+
+
+def size_bytes(value: str) -> float:
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", value)
+    assert m, value
+    n = int(m.group(1))
+    return float("inf") if n == 0 else n * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+
+
+def directive(body: str, name: str) -> str | None:
+    m = re.search(rf"^\s*{name}\s+([^;]+);", body, re.M)
+    return m.group(1).strip() if m else None
+
+
+def test_nginx_streams_upload_bodies_and_lets_a_chunk_through(compose, monkeypatch):
+    from resources.uploads import UploadStore
+
+    monkeypatch.delenv("UPLOAD_CHUNK_BYTES", raising=False)
+    # the chunk size compose sets, and the code's default (should a deployment drop the setting)
+    chunk = max(int(compose["services"]["api1"]["environment"]["UPLOAD_CHUNK_BYTES"]), UploadStore.chunk_size())
+    text = NGINX.read_text()
+    locations = nginx_locations(text)
+    uploads = {pattern: body for pattern, body in locations.items()
+               if re.search(r"/api/(uploads|tus)", pattern) and directive(body, "proxy_request_buffering")}
+    chunk_route = next(p for p in uploads if p.startswith("~"))
+    regex = chunk_route.lstrip("~").strip()
+    assert re.match(regex, "/api/uploads/u0123abc/chunk") and not re.match(regex, "/api/uploads/init")
+    assert "/api/tus/" in uploads
+    for pattern, body in uploads.items():
+        assert directive(body, "proxy_request_buffering") == "off", pattern
+        assert size_bytes(directive(body, "client_max_body_size")) >= chunk, pattern
+    # the server-wide limit is small; the upload routes are the exceptions
+    assert size_bytes(directive(text.split("server {", 1)[1], "client_max_body_size")) < chunk
+    # a job's live log is not buffered
+    stream = next(body for pattern, body in locations.items() if "logs/stream" in pattern)
+    assert directive(stream, "proxy_buffering") == "off"
+    # the upstreams are the compose API replicas
+    servers = set(re.findall(r"^\s*server\s+([\w.-]+):(\d+)", text, re.M))
+    assert {host for host, _ in servers} == {"api1", "api2"}
+    assert "X-Forwarded-For $remote_addr" in text  # replaced, not appended: the login limit's address
+
+
+def test_nginx_accepts_the_config():
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install nginx-light); the structure test above still ran")
+    work = Path(os.environ["DUBBING_DATA_DIR"]).parent / "nginx-t"
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    # nginx -t resolves upstream host names: the compose service names exist only inside compose
+    conf = re.sub(r"\bapi([12]):8000\b", r"127.0.0.1:800\1", NGINX.read_text())
+    (work / "nginx.conf").write_text(conf)
+    out = subprocess.run(["nginx", "-t", "-p", str(work), "-c", str(work / "nginx.conf"),
+                          "-g", f"pid {work / 'nginx.pid'};"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+# --- Helm values (keys from the Dagster chart's schema: helm/dagster/schema/schema/charts) ----------------
+
+CHART_TOP = {"global", "nameOverride", "fullnameOverride", "rbacEnabled", "dagsterWebserver",
+             "dagster-user-deployments", "postgresql", "generatePostgresqlPasswordSecret",
+             "generateCeleryConfigSecret", "rabbitmq", "redis", "flower", "ingress", "imagePullSecrets",
+             "computeLogManager", "scheduler", "runLauncher", "pythonLogs", "dagsterDaemon", "busybox", "migrate",
+             "telemetry", "serviceAccount", "retention", "additionalInstanceConfig", "concurrency"}
+USER_DEPLOYMENT = {"name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns", "port",
+                   "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity", "tolerations",
+                   "podSecurityContext", "securityContext", "resources", "livenessProbe", "readinessProbe",
+                   "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName"}
+K8S_RUN_LAUNCHER = {"image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile",
+                    "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes", "labels",
+                    "failPodOnRunFailure", "resources", "schedulerName", "securityContext", "runK8sConfig"}
+RUN_K8S_CONFIG = {"containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata"}
+HELM_S3_LOGS = {"bucket": "bucket", "localDir": "local_dir", "prefix": "prefix", "useSsl": "use_ssl",
+                "verify": "verify", "verifyCertPath": "verify_cert_path", "endpointUrl": "endpoint_url",
+                "skipEmptyFiles": "skip_empty_files", "uploadInterval": "upload_interval",
+                "uploadExtraArgs": "upload_extra_args", "showUrlOnly": "show_url_only", "region": "region"}
+DAEMON = {"enabled", "image", "runCoordinator", "heartbeatTolerance", "env", "envConfigMaps", "envSecrets",
+          "deploymentLabels", "labels", "nodeSelector", "affinity", "tolerations", "podSecurityContext",
+          "securityContext", "resources", "checkDbReadyInitContainer", "livenessProbe", "readinessProbe",
+          "startupProbe", "annotations", "runMonitoring", "runRetries", "sensors", "schedules", "backfills",
+          "schedulerName", "logFormat", "volumeMounts", "volumes", "initContainerResources", "extraContainers",
+          "extraPrependedInitContainers"}
+QUEUED_COORDINATOR = {"maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers",
+                      "dequeueUseThreads", "blockOpConcurrencyLimitedRuns"}
+RUN_MONITORING = {"enabled", "startTimeoutSeconds", "cancelTimeoutSeconds", "maxResumeRunAttempts",
+                  "pollIntervalSeconds", "freeSlotsAfterRunEndSeconds"}
+CONCURRENCY = {"enabled": None, "pools": {"defaultLimit", "granularity", "opGranularityRunBuffer"},
+               "runs": {"maxConcurrentRuns", "tagConcurrencyLimits"}}
+
+
+@pytest.fixture(scope="module")
+def helm() -> dict:
+    return load_yaml(HELM_DIR / "values.yaml")
+
+
+def test_helm_values_use_the_chart_keys_for_this_code_location(helm):
+    assert set(helm) <= CHART_TOP, set(helm) - CHART_TOP
+    users = helm["dagster-user-deployments"]
+    assert users["enabled"] is True and users["enableSubchart"] is True
+    deployment = users["deployments"][0]
+    assert set(deployment) <= USER_DEPLOYMENT, set(deployment) - USER_DEPLOYMENT
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "dubbing_assets.definitions"]  # dagster api grpc -m ...
+    assert deployment["image"]["repository"] and deployment["image"]["tag"]
+    assert isinstance(deployment["port"], int)
+    # external PostgreSQL, password from the chart's secret (key postgresql-password)
+    pg = helm["postgresql"]
+    assert pg["enabled"] is False and pg["postgresqlHost"] and pg["postgresqlDatabase"]
+    assert helm["generatePostgresqlPasswordSecret"] is False and helm["global"]["postgresqlSecretName"]
+    # K8sRunLauncher
+    launcher = helm["runLauncher"]
+    assert launcher["type"] == "K8sRunLauncher"
+    k8s = launcher["config"]["k8sRunLauncher"]
+    assert set(k8s) <= K8S_RUN_LAUNCHER, set(k8s) - K8S_RUN_LAUNCHER
+    assert set(k8s["runK8sConfig"]) <= RUN_K8S_CONFIG
+    # every Dagster process and every run gets the platform's settings from the same secret
+    secrets = {s["name"] for s in k8s["envSecrets"]}
+    for part in (helm["dagsterWebserver"], helm["dagsterDaemon"], deployment):
+        assert {s["name"] for s in part["envSecrets"]} == secrets
+    # the settings the comment says go into that secret are real
+    listed = set(re.findall(r"\b([A-Z][A-Z0-9]*_[A-Z0-9_]+)\b", (HELM_DIR / "values.yaml").read_text()))
+    assert not unknown(listed), unknown(listed)
+
+
+def test_helm_values_keep_the_instance_policies_and_s3_compute_logs(helm):
+    logs = helm["computeLogManager"]
+    assert logs["type"] == "S3ComputeLogManager" and set(logs["config"]) == {"s3ComputeLogManager"}
+    s3 = logs["config"]["s3ComputeLogManager"]
+    assert set(s3) <= set(HELM_S3_LOGS) and s3["bucket"]
+    # the chart writes them as S3ComputeLogManager's config: those must be its keys
+    assert validate_config(S3_COMPUTE_LOGS_SCHEMA, {HELM_S3_LOGS[k]: v for k, v in s3.items()}).success
+    daemon = helm["dagsterDaemon"]
+    assert set(daemon) <= DAEMON, set(daemon) - DAEMON
+    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert set(daemon["runCoordinator"]["config"]["queuedRunCoordinator"]) <= QUEUED_COORDINATOR
+    assert set(daemon["runMonitoring"]) <= RUN_MONITORING
+    assert set(daemon["runRetries"]) <= {"enabled", "maxRetries", "retryOnAssetOrOpFailure"}
+    for values in (helm, load_yaml(HELM_DIR / "values-gpu.yaml")):
+        conc = values["concurrency"]
+        assert set(conc) <= set(CONCURRENCY)
+        assert set(conc["pools"]) <= CONCURRENCY["pools"] and set(conc["runs"]) <= CONCURRENCY["runs"]
+    # the same policies as the repository's dagster.yaml
+    instance = load_yaml(ROOT / "dagster.yaml")
+    assert helm["concurrency"]["pools"]["defaultLimit"] == instance["concurrency"]["pools"]["default_limit"]
+    assert daemon["runRetries"] == {"enabled": True, "maxRetries": instance["run_retries"]["max_retries"],
+                                    "retryOnAssetOrOpFailure": False}
+    assert daemon["runMonitoring"]["freeSlotsAfterRunEndSeconds"] == \
+        instance["run_monitoring"]["free_slots_after_run_end_seconds"]
+
+
+# --- the GPU node selector: dagster-k8s/config ---------------------------------------------------------
+
+# dagster_k8s.job.USER_DEFINED_K8S_JOB_CONFIG_SCHEMA (dagster-k8s is not installed here)
+K8S_CONFIG_TAG = "dagster-k8s/config"
+K8S_TAG_SCHEMA = dg.Shape({
+    "container_config": dg.Field(dg.Permissive(), is_required=False),
+    "pod_template_spec_metadata": dg.Field(dg.Permissive(), is_required=False),
+    "pod_spec_config": dg.Field(dg.Permissive(), is_required=False),
+    "job_config": dg.Field(dg.Permissive(), is_required=False),
+    "job_metadata": dg.Field(dg.Permissive(), is_required=False),
+    "job_spec_config": dg.Field(dg.Permissive(), is_required=False),
+    "merge_behavior": dg.Field(dg.Enum("K8sConfigMergeBehavior", [dg.EnumValue("SHALLOW"), dg.EnumValue("DEEP")]),
+                               is_required=False),
+})
+
+
+def test_gpu_tag_is_a_dagster_k8s_config_tag_matching_the_gpu_values():
+    tag = json.loads((HELM_DIR / "gpu-tag.json").read_text())
+    result = validate_config(K8S_TAG_SCHEMA, tag)
+    assert result.success, [e.message for e in result.errors]
+    selector = tag["pod_spec_config"]["node_selector"]
+    assert selector and all(isinstance(v, str) for v in selector.values())  # label values are strings
+    assert tag["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert not unknown(e["name"] for e in tag["container_config"]["env"])
+    # as a tag on a run (what the K8sRunLauncher reads) and on an op (the k8s_job_executor's step pods)
+    assert dg.RunRequest(run_key="j1", tags={K8S_CONFIG_TAG: json.dumps(tag)}).tags[K8S_CONFIG_TAG]
+
+    @dg.op(tags={K8S_CONFIG_TAG: tag})
+    def gpu_step():
+        return None
+
+    assert json.loads(gpu_step.tags[K8S_CONFIG_TAG]) == tag
+    # the values file that puts every run on the GPU nodes says the same, in the chart's camelCase
+    gpu = load_yaml(HELM_DIR / "values-gpu.yaml")["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    assert set(gpu) <= RUN_K8S_CONFIG
+    assert gpu["podSpecConfig"]["nodeSelector"] == selector
+    assert gpu["podSpecConfig"]["tolerations"] == tag["pod_spec_config"]["tolerations"]
+    assert gpu["containerConfig"]["env"] == tag["container_config"]["env"]
+    assert gpu["containerConfig"]["resources"] == tag["container_config"]["resources"]
+
+
+# --- Dagster instance configs in deploy/ ------------------------------------------------------------------
+
+# dagster_aws.s3.compute_log_manager.S3ComputeLogManager.config_type() of dagster-aws 0.29.27
+S3_COMPUTE_LOGS_SCHEMA = {
+    "bucket": dg.StringSource,
+    "local_dir": dg.Field(dg.StringSource, is_required=False),
+    "prefix": dg.Field(dg.StringSource, is_required=False, default_value="dagster"),
+    "use_ssl": dg.Field(bool, is_required=False, default_value=True),
+    "verify": dg.Field(bool, is_required=False, default_value=True),
+    "verify_cert_path": dg.Field(dg.StringSource, is_required=False),
+    "endpoint_url": dg.Field(dg.StringSource, is_required=False),
+    "skip_empty_files": dg.Field(bool, is_required=False, default_value=False),
+    "upload_interval": dg.Field(dg.Noneable(int), is_required=False, default_value=None),
+    "upload_extra_args": dg.Field(dg.Permissive(), is_required=False),
+    "show_url_only": dg.Field(bool, is_required=False, default_value=False),
+    "region": dg.Field(dg.StringSource, is_required=False),
+}
+NOT_INSTALLED = {("dagster_aws.s3.compute_log_manager", "S3ComputeLogManager"): S3_COMPUTE_LOGS_SCHEMA}
+
+
+def configurable_classes(config: dict):
+    for key, value in config.items():
+        if isinstance(value, dict) and {"module", "class"} <= set(value):
+            yield key, value
+
+
+@pytest.mark.parametrize("path", deploy_instance_configs(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_deploy_instance_config_passes_dagsters_schema(path):
+    # the whole file, by the function DagsterInstance.from_config uses (structure of every section)
+    dagster_instance_config(str(path.parent), path.name)
+    config = load_yaml(path)
+    checked = []
+    for key, spec in configurable_classes(config):
+        if (spec["module"], spec["class"]) in NOT_INSTALLED:
+            schema = NOT_INSTALLED[(spec["module"], spec["class"])]
+        else:  # installed: the class's own config schema
+            schema = getattr(importlib.import_module(spec["module"]), spec["class"]).config_type()
+        result = validate_config(schema, spec.get("config") or {})
+        assert result.success, (key, [e.message for e in result.errors])
+        checked.append(key)
+    assert "run_coordinator" in checked
+    assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
+    # the policies of the repository's dagster.yaml (a change there must reach the deployments)
+    instance = load_yaml(ROOT / "dagster.yaml")
+    assert config["concurrency"]["pools"] == instance["concurrency"]["pools"]
+    assert config["run_retries"]["max_retries"] == instance["run_retries"]["max_retries"]
+    assert config["run_retries"]["retry_on_asset_or_op_failure"] is False
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] == \
+        instance["run_monitoring"]["free_slots_after_run_end_seconds"]
+
+
+def test_compose_instance_keeps_compute_logs_in_s3():
+    config = load_yaml(COMPOSE_DIR / "dagster.yaml")
+    logs = config["compute_logs"]
+    assert (logs["module"], logs["class"]) == ("dagster_aws.s3.compute_log_manager", "S3ComputeLogManager")
+    assert logs["config"]["bucket"] == {"env": "DUBBING_S3_BUCKET"}
+    assert logs["config"]["show_url_only"] is False  # the UI shows the text
+    assert logs["config"]["upload_interval"]  # a running step's output reaches the other machines
+
+
+@pytest.mark.postgres
+def test_compose_instance_migrates_a_fresh_postgres_and_says_what_the_repository_says(tmp_path, pg_url):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = load_yaml(COMPOSE_DIR / "dagster.yaml")
+    config.pop("compute_logs")  # dagster-aws is not installed here: the default (local) compute logs
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": pg_url}
+    out = subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    os.environ["DAGSTER_POSTGRES_URL"] = pg_url
+    try:
+        instance = dg.DagsterInstance.from_config(str(home))
+        try:
+            assert "Postgres" in type(instance.run_storage).__name__
+            assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+            settings = instance.get_concurrency_config()
+            assert settings.pool_config.default_pool_limit == 1
+            assert settings.run_queue_config.max_concurrent_runs == 2
+        finally:
+            instance.dispose()
+    finally:
+        os.environ.pop("DAGSTER_POSTGRES_URL", None)
+
+
+# --- pools ----------------------------------------------------------------------------------------------
+
+def test_the_heavy_stages_carry_their_pools():
+    from dubbing_assets.definitions import defs
+
+    job = defs.resolve_job_def("dub_job")
+    pools = {node.name: node.definition.pool for node in job.graph.node_dict.values()}
+    assert pools == {"source_media": None, "extracted_audio": None, "transcript": "asr", "translation": None,
+                     "dubbed_speech": "tts", "dubbed_mix": None, "dubbed_video": None}
+
+
+def test_instance_configs_limit_every_pool_and_the_cli_raises_one(tmp_path):
+    for path in [ROOT / "dagster.yaml", ROOT / "resources" / "dagster_embedded.yaml", *deploy_instance_configs()]:
+        assert load_yaml(path)["concurrency"]["pools"]["default_limit"] == 1, path
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "resources" / "dagster_embedded.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        for pool in ("asr", "tts"):
+            storage.initialize_concurrency_limit_to_default(pool)  # what a step in the pool does first
+            assert storage.get_concurrency_info(pool).slot_count == 1
+    # a GPU box: more syntheses at once (docs/deploy.md, "Pools"); stored in the instance's database
+    out = subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", "tts", "4"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.event_log_storage.get_concurrency_info("tts").slot_count == 4
+        assert instance.event_log_storage.get_concurrency_info("asr").slot_count == 1
+
+
+# --- image ----------------------------------------------------------------------------------------------
+
+def test_dockerfile_builds_what_the_processes_need():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)  # requires-python >=3.11,<3.13; Debian 12
+    setup = (ROOT / "scripts" / "setup_system.sh").read_text()
+    for package in ("ffmpeg", "espeak-ng", "apertium-eng-spa"):
+        assert package in setup and re.search(rf"apt-get install[^\n]*\b{package}\b", text), package
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r'include = \[([^\]]+)\]', pyproject).group(1).replace('"', "").replace("*", "")
+    for package in packages.split(","):
+        assert re.search(rf"^COPY {package.strip()} ", text, re.M), package
+    postgres_pin = re.search(r'"dagster-postgres==([\d.]+)"', pyproject).group(1)
+    for extra in ("dagster-aws", "dagster-k8s"):
+        assert f'"{extra}=={postgres_pin}"' in text, extra  # the integrations of dagster 1.13.27
+    assert "-c requirements.lock" in text
+    uv = re.search(r"^UV_VERSION := (\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert f'"uv=={uv}"' in text
+
+
+# --- docs -----------------------------------------------------------------------------------------------
+
+def test_deploy_doc_names_real_settings_and_existing_files():
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    table = [line for line in doc.splitlines() if line.startswith("| `")]
+    names = {n for line in table for n in re.findall(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]+)`", line.split("|")[1])}
+    assert len(names) >= 15 and not unknown(names), unknown(names)
+    for ref in set(re.findall(r"\]\(\.\./(deploy/[^)#\s]+)\)", doc)):
+        assert (ROOT / ref).exists(), ref
+    assert "proxy_request_buffering off" in doc and "S3ComputeLogManager" in doc
+    assert "docs/deploy.md" in (ROOT / "README.md").read_text()
