@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from resources import logs
+from resources import logs, settings
 from resources.accounts import User
 from resources.jobstore import JobRecord
+from resources.storage import MediaStorage, Output, StorageUnavailable
 from upload_api import dagster_view as dv
 from upload_api.deps import bind, current_user, dagster_instance, job_store, storage
 
@@ -40,8 +43,22 @@ async def get_owned(request: Request, job_id: str, user: User) -> JobRecord:
     return job
 
 
+def published(job_id: str) -> list[Output]:
+    """The job's outputs; the storage (S3) unreachable is a 503 with Retry-After, never a 500."""
+    try:
+        return storage().outputs(job_id)
+    except StorageUnavailable as exc:
+        raise storage_away(exc) from None
+
+
 def outputs_of(job_id: str) -> list[str]:
-    return [p.name for p in storage().outputs(job_id)]
+    return [o.name for o in published(job_id)]
+
+
+def storage_away(exc: StorageUnavailable) -> HTTPException:
+    logs.log(log, "storage unavailable", level=logging.WARNING, error=str(exc))
+    return HTTPException(503, "the file storage is unavailable right now; retry in a few seconds",
+                         headers={"Retry-After": "5", "Cache-Control": "no-store"})
 
 
 def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> dict:
@@ -241,18 +258,62 @@ async def retry(job_id: str, request: Request, user: User = Depends(current_user
     return {"job_id": job.id, "run_id": run_id}
 
 
+PRESIGNED = (".mkv", ".mp4")  # subtitles stay on this origin: a <track> must be same-origin
+MEDIA_TYPES = {".mkv": "video/x-matroska", ".mp4": "video/mp4", ".srt": "application/x-subrip", ".vtt": "text/vtt"}
+
+
 @router.get("/{job_id}/outputs/{name}")
 async def download(job_id: str, name: str, request: Request, user: User = Depends(current_user)):
-    """A finished output (MKV/MP4/SRT/VTT), with HTTP range requests for seeking."""
+    """A finished output (MKV/MP4/SRT/VTT), with HTTP range requests for seeking. Local storage: the file;
+    S3: streamed from the bucket with the same range semantics, or (DUBBING_S3_PRESIGN_DOWNLOADS=true) a 307
+    redirect to a presigned URL — always after the ownership check."""
     job = await get_owned(request, job_id, user)
     # Only the state and the outputs listing: players send many range requests while seeking.
     state = await run_in_threadpool(lambda: dv.job_state(job, dv.runs_by_job(dagster_instance(), [job.id])[job.id]))
     if state != "done":
         raise HTTPException(409, f"the job is {state}: outputs are offered when it is done")
-    if name not in await run_in_threadpool(outputs_of, job.id):
+    output = next((o for o in await run_in_threadpool(published, job.id) if o.name == name), None)
+    if output is None:
         raise HTTPException(404, "no such output")
-    media_types = {".mkv": "video/x-matroska", ".mp4": "video/mp4", ".srt": "application/x-subrip",
-                   ".vtt": "text/vtt"}
-    path = storage().outputs_dir(job.id) / name
-    return FileResponse(path, media_type=media_types.get(path.suffix, "application/octet-stream"),
-                        filename=name)
+    media_type = MEDIA_TYPES.get(output.suffix, "application/octet-stream")
+    st = storage()
+    if not st.is_s3:
+        return FileResponse(st.outputs_dir(job.id) / name, media_type=media_type, filename=name)
+    if output.suffix in PRESIGNED and presign_downloads():
+        expires = int(settings.number("DUBBING_S3_PRESIGN_EXPIRES_S", 3600)) or 3600
+        url = st.presign(job.id, name, expires_s=expires)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    return await stream_output(request, st, job.id, output, media_type)
+
+
+def presign_downloads() -> bool:
+    """DUBBING_S3_PRESIGN_DOWNLOADS=true with S3 storage: media downloads redirect to presigned URLs."""
+    return settings.flag("DUBBING_S3_PRESIGN_DOWNLOADS") and storage().is_s3
+
+
+async def stream_output(request: Request, st: MediaStorage, job_id: str, output: Output,
+                        media_type: str) -> Response:
+    """An output streamed from S3 with the range semantics of the local FileResponse: one satisfiable range
+    → 206 + Content-Range; a start past the end → 416 + `Content-Range: bytes */size`; a malformed header →
+    400; no Range (or an If-Range, which is not checked here, or several ranges) → 200 and the whole file."""
+    headers = {"accept-ranges": "bytes", "content-disposition": f'attachment; filename="{output.name}"'}
+    start, end, status = 0, output.size, 200
+    given = request.headers.get("range")
+    if given is not None and request.headers.get("if-range") is None:
+        try:
+            ranges = FileResponse._parse_range_header(given, output.size)
+        except MalformedRangeHeader as exc:
+            return PlainTextResponse(exc.content, status_code=400)
+        except RangeNotSatisfiable as exc:
+            return PlainTextResponse("", status_code=416, headers={"Content-Range": f"bytes */{exc.max_size}"})
+        if len(ranges) == 1:
+            (start, end), status = ranges[0], 206
+            headers["content-range"] = f"bytes {start}-{end - 1}/{output.size}"
+    headers["content-length"] = str(end - start)
+    try:
+        body = await run_in_threadpool(st.read_output, job_id, output.name, start, end if status == 206 else None)
+    except StorageUnavailable as exc:
+        raise storage_away(exc) from None
+    except FileNotFoundError:
+        raise HTTPException(404, "no such output") from None
+    return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from resources.accounts import User
 from upload_api import dagster_view as dv
 from upload_api.deps import SESSION_COOKIE, accounts, bind, dagster_instance, job_store, notify_store
+from upload_api.deps import storage as deps_storage
 from upload_api.routers import jobs as jobs_api
 from upload_api.routers import settings as settings_api
 
@@ -30,7 +31,16 @@ HERE = Path(__file__).resolve().parent.parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self'; "
+
+def media_src() -> str:
+    """'self', and the S3 server when the player's downloads redirect to presigned URLs."""
+    if not jobs_api.presign_downloads():
+        return "'self'"
+    return f"'self' {deps_storage().presign_origin()}"
+
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       f"media-src {media_src()}; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 UI_HEADERS = {
     "Content-Security-Policy": CSP,
