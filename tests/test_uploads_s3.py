@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -67,8 +69,9 @@ def parts_in_s3(s3, upload_id: str) -> dict[int, int]:
     return {p["PartNumber"]: p["Size"] for p in parts}
 
 
-def multipart_uploads(s3, upload_id: str) -> list:
-    return s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=f"uploads/{upload_id}/").get("Uploads", [])
+def multipart_uploads(s3, upload_id: str, prefix: str = "") -> list:
+    return s3.client().list_multipart_uploads(Bucket=s3.bucket, Prefix=f"{prefix}uploads/{upload_id}/").get(
+        "Uploads", [])
 
 
 def object_sha256(s3, upload_id: str) -> str:
@@ -76,8 +79,8 @@ def object_sha256(s3, upload_id: str) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def init(c, data: bytes, name: str = "tone.wav") -> dict:
-    r = c.post("/api/uploads/init", json={"filename": name, "size_bytes": len(data), "content_type": "audio/wav",
+def init(c, data: bytes, name: str = "tone.wav", content_type: str = "audio/wav") -> dict:
+    r = c.post("/api/uploads/init", json={"filename": name, "size_bytes": len(data), "content_type": content_type,
                                           "sha256": hashlib.sha256(data).hexdigest()})
     assert r.status_code == 201, r.text
     return r.json()
@@ -274,3 +277,66 @@ def test_not_media_on_s3_is_refused_without_showing_the_presigned_url(stack, s3)
         assert not any(s in r.text for s in ("http", "Signature", "AWSAccessKeyId", "X-Amz", "dubbing-test"))
         assert c.delete(f"/api/uploads/{up['upload_id']}").status_code == 204  # the assembled object goes too
     assert "Contents" not in s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=f"uploads/{up['upload_id']}/")
+
+
+def send_cut(url: str, token: str, upload_id: str, index: int, piece: bytes, cut_at: int) -> None:
+    """A chunk PUT whose connection drops after `cut_at` bytes of the body (a phone losing signal)."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    head = (f"PUT /api/uploads/{upload_id}/chunk?index={index} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(piece)}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head + piece[:cut_at])
+    time.sleep(0.5)
+
+
+def test_whole_dub_on_s3_through_the_deployed_stack(s3, espeak_video):
+    """The deployed shape (code server, daemon, API on Postgres) with DUBBING_STORAGE=s3: the upload is
+    cut off mid-chunk, the API restarts, the client resumes from the status; the sensor launches the run,
+    the stages read the s3:// input and write to S3, and the MKV downloads through the API."""
+    from e2e_harness import Deployment
+
+    from conftest import _postgres_or_fail
+
+    _postgres_or_fail().dispose()
+    saved = dict(os.environ)  # the harness points this process's environment at its deployment
+    data = espeak_video.read_bytes()
+    try:
+        with Deployment("s3_dub", env={**s3.env, "DUBBING_S3_PREFIX": "e2e/"}) as d:
+            d.start("code_server", "daemon", "api")
+            headers = {"Authorization": f"Bearer {d.tokens['alice']}"}
+            with httpx.Client(base_url=d.url, headers=headers, timeout=60) as c:
+                up = init(c, data, name=espeak_video.name, content_type="video/mp4")
+                upload_id = up["upload_id"]
+                assert multipart_uploads(s3, upload_id, "e2e/")  # under DUBBING_S3_PREFIX
+                assert up["total_chunks"] == 1 and len(data) > 4096
+                send_cut(d.url, d.tokens["alice"], upload_id, 0, data, len(data) // 2)
+                assert c.get(f"/api/uploads/{upload_id}").json()["received"] == [False]
+            d.restart("api")
+            with httpx.Client(base_url=d.url, headers=headers, timeout=60) as c:
+                status = c.get(f"/api/uploads/{upload_id}").json()
+                assert status["next_missing"] == 0 and status["state"] == "receiving"
+                assert put(c, upload_id, data, 0, up["chunk_bytes"]).status_code == 200
+                r = c.post(f"/api/uploads/{upload_id}/complete", json={"target_lang": "es"})
+                assert r.status_code == 200, r.text
+                job_id = r.json()["job_id"]
+                started, job = time.monotonic(), {}
+                while time.monotonic() - started < 240:
+                    job = c.get(f"/api/jobs/{job_id}").json()
+                    if job["state"] in ("done", "failed", "cancelled"):
+                        break
+                    time.sleep(1)
+                print(f"dub on S3 through the stack: {job['state']} after {time.monotonic() - started:.1f} s")
+                assert job["state"] == "done", job
+                name = f"{espeak_video.stem}.es.mkv"
+                assert name in job["outputs"], job["outputs"]
+                mkv = c.get(f"/api/jobs/{job_id}/outputs/{name}", follow_redirects=True)
+                assert mkv.status_code == 200 and mkv.content[:4] == b"\x1a\x45\xdf\xa3"  # EBML: Matroska
+            stored = s3.client().get_object(Bucket=s3.bucket, Key=f"e2e/jobs/{job_id}/outputs/{name}")["Body"].read()
+            assert mkv.content == stored
+            source = s3.client().get_object(Bucket=s3.bucket, Key=f"e2e/uploads/{upload_id}/data")["Body"].read()
+            assert hashlib.sha256(source).digest() == hashlib.sha256(data).digest()
+            assert not multipart_uploads(s3, upload_id, "e2e/")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
