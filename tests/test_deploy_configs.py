@@ -5,7 +5,8 @@ Dagster chart knows, the GPU tag has the dagster-k8s/config form, and the Dagste
 load with Dagster's own config schema. The heavy stages carry their pools.
 
 Validated for real here: YAML/JSON syntax, Dagster instance config (dagster's schema and, where the
-class is installed, the class's own config schema), `nginx -t` when nginx is installed, Dagster's CLI
+class is installed, the class's own config schema), nginx when installed (`nginx -t`, and the config
+run in front of two stand-in replicas: upload bodies arrive while still being sent), Dagster's CLI
 for pool limits, `dagster instance migrate` on PostgreSQL. Validated for shape only (the package or
 tool is not installed here): the Helm values (no `helm template`; keys checked against the chart's
 schema, helm/dagster/schema in the Dagster repository), the dagster-k8s/config tag (dagster-k8s'
@@ -553,3 +554,135 @@ def test_deploy_doc_names_real_settings_and_existing_files():
         assert (ROOT / ref).exists(), ref
     assert "proxy_request_buffering off" in doc and "S3ComputeLogManager" in doc
     assert "docs/deploy.md" in (ROOT / "README.md").read_text()
+
+
+
+# --- nginx for real: bodies streamed to the replicas -------------------------------------------------------
+
+class _Replica:
+    """A stand-in API replica: counts, per path, the body bytes received so far, and answers its name."""
+
+    def __init__(self, name: str):
+        import http.server
+        import threading
+
+        replica = self
+        self.name, self.received = name, {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                length, got = int(self.headers.get("Content-Length") or 0), 0
+                replica.received[self.path] = 0
+                while got < length:
+                    piece = self.rfile.read1(min(65536, length - got))
+                    if not piece:
+                        break
+                    got += len(piece)
+                    replica.received[self.path] = got
+                body = replica.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_PATCH = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def _run_nginx(work: Path, replicas: list[_Replica], request_buffering: str = "off"):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = NGINX.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
+    for i, replica in enumerate(replicas, 1):
+        conf = conf.replace(f"api{i}:8000", f"127.0.0.1:{replica.port}")
+    conf = conf.replace("proxy_request_buffering off;", f"proxy_request_buffering {request_buffering};")
+    conf = conf.replace("access_log /dev/stdout;", "access_log logs/access.log;")
+    conf = conf.replace("error_log /dev/stderr warn;", "error_log logs/error.log warn;")
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    (work / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "logs/e.log"),
+                             "-g", f"daemon off; pid {work / 'nginx.pid'};"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"nginx did not start: {proc.stderr.read().decode()[-1000:]}") from None
+            time.sleep(0.1)
+
+
+def _put_in_two_halves(port: int, method: str, path: str, size: int, replicas: list[_Replica]):
+    """Headers and the first half of the body; then, once a replica has body bytes (or after 3 s), the
+    rest. Returns the status, the replica that answered, and whether it had bytes before the second half."""
+    import socket
+    import time
+
+    half = size // 2
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + b"x" * half)
+        deadline, early = time.monotonic() + 3, False
+        while not early and time.monotonic() < deadline:
+            early = any(r.received.get(path, 0) > 0 for r in replicas)
+            time.sleep(0.02)
+        response = b""
+        try:
+            sock.sendall(b"y" * (size - half))
+        except OSError:  # a refused body (413): nginx answers and closes before reading it all
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                response += chunk
+        except ConnectionResetError:
+            if not response:
+                raise
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode(), early
+
+
+def test_nginx_streams_chunks_and_tus_bodies_to_a_replica_as_they_arrive(tmp_path):
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (apt-get install nginx-light); the structure tests above still ran")
+    replicas = [_Replica("api1"), _Replica("api2")]
+    proc, port = _run_nginx(tmp_path / "on", replicas)
+    try:
+        # an 8 MiB chunk reaches a replica while the client is still sending it
+        status, first, early = _put_in_two_halves(port, "PUT", "/api/uploads/u1/chunk?index=0", 8 * 1024**2, replicas)
+        assert (status, early) == (200, True)
+        assert replicas[int(first[-1]) - 1].received["/api/uploads/u1/chunk?index=0"] == 8 * 1024**2
+        # the next chunks of the same upload go to the same replica (hash by upload id)
+        for index in (1, 2, 3):
+            assert _put_in_two_halves(port, "PUT", f"/api/uploads/u1/chunk?index={index}", 1024**2,
+                                      replicas)[:2] == (200, first)
+        # a tus PATCH far above a chunk passes, streamed too
+        status, _, early = _put_in_two_halves(port, "PATCH", "/api/tus/t1", 40 * 1024**2, replicas)
+        assert (status, early) == (200, True)
+        # anything else keeps the small limit
+        assert _put_in_two_halves(port, "POST", "/api/auth/login", 2 * 1024**2, replicas)[0] == 413
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    # the same check catches a proxy that buffers: with buffering on, nothing arrives before the end
+    proc, port = _run_nginx(tmp_path / "buffered", replicas, request_buffering="on")
+    try:
+        status, _, early = _put_in_two_halves(port, "PUT", "/api/uploads/u2/chunk?index=0", 8 * 1024**2, replicas)
+        assert (status, early) == (200, False)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
