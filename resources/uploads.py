@@ -789,7 +789,9 @@ class UploadStore:
         if not view.on_s3 or view.state != "receiving":
             return view.received_bytes
         tail = view.received_bytes - view.parts_bytes
-        if tail == 0 or (0 < tail < view.next_part_bytes and self.tail_length(view) == tail):
+        # the tail file only grows by appends after its length is recorded: bytes past `tail` are from a
+        # PATCH that never finished (a crash), and a writer cuts them off before appending
+        if tail == 0 or (0 < tail < view.next_part_bytes and (self.tail_length(view) or 0) >= tail):
             return view.received_bytes
         return view.parts_bytes
 

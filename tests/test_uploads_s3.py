@@ -178,6 +178,10 @@ def test_uploads_resume_after_an_api_restart_with_s3_as_the_truth(stack, s3, wav
     s3.client().upload_part(Bucket=s3.bucket, Key=key, UploadId=mp["UploadId"], PartNumber=2,
                             Body=wav[size:2 * size])
     stack.stop("api")
+    tus_id = loc.rsplit("/", 1)[1]
+    (tail,) = (stack.root / "data" / "uploads" / tus_id).glob("tail-*")
+    with open(tail, "ab") as fh:
+        fh.write(b"x" * 1000)  # a PATCH cut short by the crash: appended, never recorded
     stack.start_api()
     with stack.client("alice") as c:
         status = c.get(f"/api/uploads/{upload_id}").json()
@@ -187,8 +191,8 @@ def test_uploads_resume_after_an_api_restart_with_s3_as_the_truth(stack, s3, wav
         r = c.post(f"/api/uploads/{upload_id}/complete", json={"target_lang": "es"})
         assert r.status_code == 200, r.text  # sha256 from init, read back from S3 after the restart
         assert tus_offset(c, loc) == 7 * MIB  # the tail on this machine's disk survived the restart
-        assert tus_patch(c, loc, 7 * MIB, wav[7 * MIB:9 * MIB]).status_code == 204
-        tus_id = loc.rsplit("/", 1)[1]
+        assert tus_patch(c, loc, 7 * MIB, wav[7 * MIB:9 * MIB]).status_code == 204  # (its junk cut off)
+        assert tail.stat().st_size == 4 * MIB
         for tail in (stack.root / "data" / "uploads" / tus_id).glob("tail-*"):
             tail.unlink()  # as a replica without this tail would see it: the offset falls back to the parts
         assert tus_offset(c, loc) == 5 * MIB
