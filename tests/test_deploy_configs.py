@@ -137,8 +137,24 @@ def command(service: dict) -> list[str]:
     return cmd if isinstance(cmd, list) else cmd.split()
 
 
+# keys of the Compose Specification's JSON schema (compose-spec/compose-spec, schema/compose-spec.json)
+# that a service here may use; the schema forbids unknown keys
+COMPOSE_SERVICE_KEYS = {"image", "build", "command", "entrypoint", "environment", "env_file", "volumes", "ports",
+                        "expose", "depends_on", "healthcheck", "restart", "deploy", "gpus", "networks", "user",
+                        "working_dir", "stop_grace_period", "stop_signal", "logging", "labels", "init"}
+COMPOSE_HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+COMPOSE_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
 def test_compose_has_every_service_with_an_image_a_command_and_a_health_check(compose):
+    assert set(compose) - {"name", "services", "volumes", "networks", "secrets", "configs"} == \
+        {k for k in compose if k.startswith("x-")}
     services = compose["services"]
+    for name, svc in services.items():
+        assert set(svc) <= COMPOSE_SERVICE_KEYS, (name, set(svc) - COMPOSE_SERVICE_KEYS)
+        assert set(svc.get("healthcheck", {})) <= COMPOSE_HEALTHCHECK_KEYS, name
+        assert all(isinstance(v, str) for v in (svc.get("environment") or {}).values()), name
+        assert {d["condition"] for d in (svc.get("depends_on") or {}).values()} <= COMPOSE_CONDITIONS, name
     assert set(services) >= {"postgres", "seaweedfs", "migrate", "api1", "api2", "proxy", "codeserver", "daemon",
                              "webserver"}
     for name, svc in services.items():
