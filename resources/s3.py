@@ -114,9 +114,12 @@ def _make_client(cfg: S3Settings):
 def transient_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "S3 is unreachable or overloaded right now" (answer 503 + Retry-After)."""
     from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, HTTPClientError, ReadTimeoutError
 
-    return (EndpointConnectionError, BotoConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionError)
+    # HTTPClientError: a pooled connection the server closed (ConnectionClosedError, e.g. after it was
+    # killed), a read timeout, a response cut off mid-stream (ResponseStreamingError)
+    return (EndpointConnectionError, BotoConnectionError, ConnectTimeoutError, ReadTimeoutError, HTTPClientError,
+            ConnectionError)
 
 
 def is_transient(exc: BaseException) -> bool:
