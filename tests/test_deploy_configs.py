@@ -7,11 +7,12 @@ load with Dagster's own config schema. The heavy stages carry their pools.
 Validated for real here: YAML/JSON syntax, Dagster instance config (dagster's schema and, where the
 class is installed, the class's own config schema), nginx when installed (`nginx -t`, and the config
 run in front of two stand-in replicas: upload bodies arrive while still being sent), Dagster's CLI
-for pool limits, `dagster instance migrate` on PostgreSQL. Validated for shape only (the package or
-tool is not installed here): the Helm values (no `helm template`; keys checked against the chart's
-schema, helm/dagster/schema in the Dagster repository), the dagster-k8s/config tag (dagster-k8s'
-USER_DEFINED_K8S_JOB_CONFIG_SCHEMA rebuilt below), S3ComputeLogManager's config (dagster-aws 0.29.27's
-config_type keys, rebuilt below), the compose file (no `docker compose config`) and the Dockerfile."""
+for pool limits, the compose migrate step (migrate.sh) on PostgreSQL and SeaweedFS. Validated for
+shape only (the package or tool is not installed here): the Helm values (no `helm template`; keys
+checked against the chart's schema, helm/dagster/schema in the Dagster repository), the
+dagster-k8s/config tag (dagster-k8s' USER_DEFINED_K8S_JOB_CONFIG_SCHEMA rebuilt below),
+S3ComputeLogManager's config (dagster-aws 0.29.27's config_type keys, rebuilt below), the compose file
+(keys of the Compose Specification; no `docker compose config`) and the Dockerfile."""
 
 from __future__ import annotations
 
@@ -482,16 +483,43 @@ def test_compose_instance_keeps_compute_logs_in_s3():
 
 
 @pytest.mark.postgres
-def test_compose_instance_migrates_a_fresh_postgres_and_says_what_the_repository_says(tmp_path, pg_url):
+def test_compose_migrate_step_prepares_an_empty_deployment_and_can_run_again(tmp_path, pg_url):
+    """deploy/compose/migrate.sh as the `migrate` service runs it, on an empty database and a fresh S3
+    server: Dagster's tables, the bucket, the job store, the first admin; run again it changes nothing."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from s3_server import SeaweedS3
+
     home = tmp_path / "home"
     home.mkdir()
     config = load_yaml(COMPOSE_DIR / "dagster.yaml")
     config.pop("compute_logs")  # dagster-aws is not installed here: the default (local) compute logs
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_POSTGRES_URL": pg_url}
-    out = subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
+    with SeaweedS3(tmp_path / "s3") as s3:
+        env = {**os.environ, **s3.env, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
+               "DAGSTER_HOME": str(home), "DUBBING_DATA_DIR": str(tmp_path / "data"),
+               "DAGSTER_POSTGRES_URL": pg_url, "DATABASE_URL": pg_url, "DUBBING_S3_BUCKET": "compose-check"}
+        outputs = []
+        for _ in range(2):
+            out = subprocess.run(["sh", str(COMPOSE_DIR / "migrate.sh")], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=300)
+            assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+            outputs.append(out.stdout)
+        s3.client().head_bucket(Bucket="compose-check")  # created by the first run
+    assert "created the first admin" in outputs[0] and "created the first admin" not in outputs[1]
+    import sqlalchemy as sa
+
+    from resources.jobstore import MIGRATIONS_DIR
+
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(sa.text("select version_num from dubbing_alembic_version")).scalar_one()
+            assert conn.execute(sa.text("select count(*) from runs")).scalar_one() == 0  # Dagster's tables
+    finally:
+        engine.dispose()
+    from alembic.script import ScriptDirectory
+
+    assert version == ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     os.environ["DAGSTER_POSTGRES_URL"] = pg_url
     try:
         instance = dg.DagsterInstance.from_config(str(home))
