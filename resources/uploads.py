@@ -396,7 +396,10 @@ class UploadStore:
                         sha256=sha256, state="receiving", protocol=protocol, meta=json.dumps(meta or {}),
                         created_at=now, expires_at=now + self.ttl())
         if on_s3:
-            row.object_key = s3.settings().key("uploads", row.id, "data")
+            try:
+                row.object_key = s3.settings().key("uploads", row.id, "data")
+            except s3.StorageConfigError as exc:  # names the variable to set, never a secret
+                raise UploadError(503, f"the S3 storage is not configured: {exc}") from None
         with self.session() as s, s.begin():
             used = s.scalar(sa.select(sa.func.coalesce(sa.func.sum(UploadRow.size_bytes), 0))
                             .where(UploadRow.owner == user.id, UploadRow.state.in_(ACTIVE))) or 0
@@ -651,7 +654,10 @@ class UploadStore:
     # The part list in S3 is the truth: the received bitmap is reconciled with ListParts when this process
     # first reads an upload's status and at completion.
     def _s3_call(self, action: str, view: "UploadView | None", method: str, **kw):
-        cfg = s3.settings()
+        try:
+            cfg = s3.settings()
+        except s3.StorageConfigError as exc:  # names the variable to set, never a secret
+            raise UploadError(503, f"the S3 storage is not configured: {exc}", view) from None
         try:
             return getattr(s3.client(cfg), method)(Bucket=cfg.bucket, **kw)
         except Exception as exc:
@@ -666,6 +672,11 @@ class UploadStore:
             if code:
                 logs.log(_log, "s3_refused", level=logs.logging.WARNING, action=action, code=code)
                 raise UploadError(502, f"S3 refused {action} ({code})", view) from None
+            from botocore.exceptions import BotoCoreError
+
+            if isinstance(exc, BotoCoreError):  # e.g. no credentials: the class names it, no secret
+                logs.log(_log, "s3_failed", level=logs.logging.WARNING, action=action, error=type(exc).__name__)
+                raise UploadError(502, f"S3 storage failed {action} ({type(exc).__name__})", view) from None
             raise
 
     def s3_parts(self, view: UploadView) -> dict[int, tuple[int, str]]:
