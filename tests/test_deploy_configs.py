@@ -462,6 +462,13 @@ def test_deploy_instance_config_passes_dagsters_schema(path):
         result = validate_config(schema, spec.get("config") or {})
         assert result.success, (key, [e.message for e in result.errors])
         checked.append(key)
+        if key == "run_launcher" and (spec["module"], spec["class"]) not in NOT_INSTALLED:
+            from dagster_celery.launcher import CeleryRunLauncher
+
+            launcher = getattr(importlib.import_module(spec["module"]), spec["class"])
+            if issubclass(launcher, CeleryRunLauncher):  # the Celery profile: its guide, with the gpu queue
+                guide = (path.parent / "README.md").read_text()
+                assert "gpu" in guide and "dagster-celery/queue" in guide
     assert "run_coordinator" in checked
     assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
     # the policies of the repository's dagster.yaml (a change there must reach the deployments)
