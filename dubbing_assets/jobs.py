@@ -1,14 +1,17 @@
 import dagster as dg
 
+from dubbing_assets.executor import resumable_in_process_executor
 from dubbing_assets.stage import GROUP
 from sensors.hooks import notify_failure_detail
 
 # In-process executor: all stages of a run share one process, so each engine's model is loaded
-# once per run (and the run pays no per-step process start). See docs/architecture.md.
+# once per run (and the run pays no per-step process start). See docs/architecture.md. It is
+# dg.in_process_executor, except that a run resumed after its worker died (the Celery profile) keeps
+# the stages it had finished (dubbing_assets/executor.py).
 dub_job = dg.define_asset_job(
     "dub_job",
     selection=dg.AssetSelection.groups(GROUP),
-    executor_def=dg.in_process_executor,
+    executor_def=resumable_in_process_executor,
     description="Dub one job (one dynamic partition): source -> audio -> transcript -> translation "
                 "-> dubbed speech -> mix -> export.",
     tags={"dagster/max_retries": 2, "dagster/retry_strategy": "FROM_FAILURE"},

@@ -161,7 +161,7 @@ class Client:
 
 
 class Deployment:
-    def __init__(self, name: str, env: dict | None = None):
+    def __init__(self, name: str, env: dict | None = None, dagster_yaml: str | Path | None = None):
         self.name = name
         self.root = Path(tempfile.mkdtemp(prefix=f"e2e_{name}_"))
         self.db = f"dubbing_e2e_{name}_{secrets.token_hex(4)}"
@@ -173,9 +173,11 @@ class Deployment:
         self.users: dict = {}
         home = self.root / "dagster_home"
         home.mkdir()
-        # the deployed (Postgres) instance; E2E_DAGSTER_YAML swaps in another one (e.g. to show that
-        # a gate fails when the behaviour it guards is switched off)
-        shutil.copy(os.environ.get("E2E_DAGSTER_YAML") or ROOT / "dagster.yaml", home / "dagster.yaml")
+        # the deployed (Postgres) instance; dagster_yaml (e.g. deploy/celery/dagster.yaml, the Celery
+        # profile) or E2E_DAGSTER_YAML swaps in another one (e.g. to show that a gate fails when the
+        # behaviour it guards is switched off)
+        shutil.copy(dagster_yaml or os.environ.get("E2E_DAGSTER_YAML") or ROOT / "dagster.yaml",
+                    home / "dagster.yaml")
         self.workspace = self.root / "workspace.yaml"
         self.workspace.write_text(
             "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
@@ -288,6 +290,22 @@ class Deployment:
                             str(self.ports["api"]), "--no-access-log", *extra])
         self._wait(lambda: self._http_ok(f"{self.url}/api/health", (200, 503)), "api", 60)
 
+    def start_celery_worker(self, name: str = "celery_1", queues: str | None = None) -> None:
+        """A Celery run worker (scripts/celery_worker.sh; the Celery profile only) named `name`; ready
+        when it answers a ping over the broker."""
+        self._spawn(name, [str(ROOT / "scripts" / "celery_worker.sh"), "-n", name,
+                           *(["-Q", queues] if queues else [])])
+        self._wait(lambda: self.celery_ping(name), name, 120)
+
+    def celery_ping(self, name: str) -> bool:
+        from celery import Celery
+
+        app = Celery(broker=self.env["DUBBING_CELERY_BROKER"])
+        try:
+            return any(key.startswith(f"{name}@") for reply in app.control.ping(timeout=1) for key in reply)
+        finally:
+            app.close()
+
     @staticmethod
     def _http_ok(url: str, ok=(200,)) -> bool:
         try:
@@ -328,7 +346,7 @@ class Deployment:
         getattr(self, f"start_{name}")()
 
     def stop_all(self) -> None:
-        for name in ("api", "webserver", "daemon", "code_server"):
+        for name in ("api", "webserver", "daemon", "code_server", *self.procs):
             self.stop(name)
 
     # -- clients, state
@@ -395,7 +413,8 @@ class Deployment:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def dump_logs(self) -> None:
-        for name in ("code_server", "daemon", "webserver", "api"):
+        main = ("code_server", "daemon", "webserver", "api")
+        for name in (*main, *sorted(set(self._spawn_times) - set(main))):  # + Celery workers
             print(f"----- {name} log (last lines; all in {self.root}) -----", file=sys.stderr)
             print(self.log_tail(name), file=sys.stderr)
 

@@ -4,4 +4,5 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/postgres_up.sh
+scripts/redis_up.sh
 exec .venv/bin/python -m pytest "$@"

@@ -22,18 +22,18 @@ SWEEP_EVERY_S = 300  # abandoned uploads are expired by this sensor's loop
 
 
 def run_request(job: JobRecord) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=job.id,
-        partition_key=job.id,
-        tags={
-            "dubbing/job_id": job.id,
-            "dubbing/user_id": job.owner or "",
-            "dubbing/upload_id": job.upload_id or "",
-            "dubbing/source_lang": job.source_lang,
-            "dubbing/target_lang": job.target_lang,
-            "dubbing/origin": "upload",
-        },
-    )
+    tags = {
+        "dubbing/job_id": job.id,
+        "dubbing/user_id": job.owner or "",
+        "dubbing/upload_id": job.upload_id or "",
+        "dubbing/source_lang": job.source_lang,
+        "dubbing/target_lang": job.target_lang,
+        "dubbing/origin": "upload",
+    }
+    queue = os.environ.get("DUBBING_RUN_QUEUE", "").strip()
+    if queue:  # the Celery profile: runs go to this Celery queue, e.g. "gpu" (deploy/celery/README.md)
+        tags["dagster-celery/queue"] = queue
+    return dg.RunRequest(run_key=job.id, partition_key=job.id, tags=tags)
 
 
 def build_upload_sensor(minimum_interval_seconds: int | None = None) -> dg.SensorDefinition:

@@ -89,7 +89,9 @@ def test_only_transcript_is_in_the_asr_pool():
 def test_dub_job():
     assert "dub_job" in {job.name for job in defs.resolve_all_job_defs()}
     job = defs.resolve_job_def("dub_job")
-    assert job.executor_def is dg.in_process_executor
+    from dubbing_assets.executor import resumable_in_process_executor
+
+    assert job.executor_def is resumable_in_process_executor  # dg.in_process_executor + resume
     assert job.executor_def.name == "in_process"
     assert sorted(node.name for node in job.graph.nodes) == sorted(PIPELINE)
     assert isinstance(job.partitions_def, dg.DynamicPartitionsDefinition)

@@ -161,11 +161,27 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
         "state": state,
         "queue": queue,
         "stages": [stages[k] for k in STAGES],
-        "runs": [{"run_id": r.run_id, "status": r.status.value,
-                  "kind": "retry" if r.parent_run_id else "run"} for r in oldest_first],
+        "runs": [{"run_id": r.run_id, "status": r.status.value, "kind": "retry" if r.parent_run_id else "run",
+                  "resumed": _resumes(instance, r.run_id)} for r in oldest_first],
         "run_wall_s": _run_wall(instance, oldest_first),
         "last_log_line": last_line(instance, latest),
     }
+
+
+RESUME_MESSAGE = "Launching a new run worker to resume run"  # dagster._daemon.monitoring.run_monitoring
+
+
+def _resumes(instance: dg.DagsterInstance, run_id: str) -> list[dict]:
+    """When run monitoring resumed this run on a new run worker (its worker had died: the Celery
+    profile), and why; empty for runs that were never resumed."""
+    out, reason = [], None
+    for rec in records(instance, run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records:
+        message = rec.event_log_entry.dagster_event.message or ""
+        if message.startswith("Detected run worker status"):
+            reason = message.split(". Resuming run")[0][len("Detected run worker status "):]
+        elif message == RESUME_MESSAGE:
+            out.append({"time": _ts(rec.event_log_entry.timestamp), "reason": reason})
+    return out
 
 
 def _run_wall(instance, runs: Iterable) -> float | None:
