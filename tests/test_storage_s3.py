@@ -242,6 +242,8 @@ def test_whole_dub_on_s3(s3_dub, s3_server, espeak_video):
         assert c.get(f"/api/jobs/{job.id}/outputs/..%2Fwork%2Fsource.json").status_code == 404
         assert c.get(f"/api/jobs/{job.id}/outputs/nothing.mkv").status_code == 404
         assert b.get(f"/api/jobs/{job.id}/outputs/{name}").status_code == 404  # another user's job
+    with stack.client("root") as admin:
+        assert admin.get("/api/runtime/state").json()["storage"]["files"] == "s3"
 
 
 @pytest.mark.slow

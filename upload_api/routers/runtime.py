@@ -21,7 +21,7 @@ from resources.accounts import User
 from resources.jobstore import JobOptions
 from resources.tts import shown
 from resources.uploads import LANG_RE
-from upload_api.deps import current_user, dagster_instance, job_store, require_admin
+from upload_api.deps import current_user, dagster_instance, job_store, require_admin, storage
 
 router = APIRouter(prefix="/api", tags=["runtime"])
 HEARTBEAT_STALE_S = 60
@@ -122,7 +122,7 @@ def _state() -> dict:
     return {
         "versions": _versions(),
         "disk": disk.disk_status(),
-        "storage": {"files": "local", "job_store": _database().get("kind"), "dagster": _instance_state()},
+        "storage": {"files": storage().kind(), "job_store": _database().get("kind"), "dagster": _instance_state()},
         "dagster_daemon": _daemon(),
         "model_cache": model_manager().stats(),  # this API process; each run loads its own
         "flags": {"downloads_allowed": settings.downloads_allowed(), "egress_allowed": settings.egress_allowed()},
