@@ -81,9 +81,9 @@ def test_asset_checks():
             assert not list(defs.resolve_assets_def(name).check_specs), name
 
 
-def test_only_transcript_is_in_the_asr_pool():
+def test_transcript_is_in_the_asr_pool_and_dubbed_speech_in_the_tts_pool():
     pools = {name: defs.resolve_assets_def(name).op.pool for name in PIPELINE}
-    assert pools == {name: ("asr" if name == "transcript" else None) for name in PIPELINE}
+    assert pools == {name: {"transcript": "asr", "dubbed_speech": "tts"}.get(name) for name in PIPELINE}
 
 
 def test_dub_job():
