@@ -155,6 +155,31 @@ def test_unreachable_s3_is_storage_unavailable_without_secrets(s3_env, tmp_path)
     assert time.monotonic() - started < 30  # fails in seconds, never hangs
 
 
+def test_api_answers_storage_failures_without_a_500(s3_env, tmp_path):
+    """What the API makes of storage failures (upload_api.routers.jobs.storage_call): settings missing → 503
+    naming the variable; S3 refusing (here: no credentials at all) → 502 naming the error class."""
+    from fastapi import HTTPException
+    from s3_server import SECRET_KEY
+
+    from upload_api.routers.jobs import storage_call
+
+    storage = MediaStorage(root=str(tmp_path))
+    del os.environ["DUBBING_S3_BUCKET"]
+    with pytest.raises(HTTPException) as err:
+        storage_call(storage.outputs, JOB)
+    assert err.value.status_code == 503 and "DUBBING_S3_BUCKET" in err.value.detail
+    os.environ["DUBBING_S3_BUCKET"] = s3_env.bucket
+    os.environ["DUBBING_S3_REGION"] = "eu-west-9"  # other settings: a client of its own, made without keys
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.pop(name)
+    os.environ.update({"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                       "AWS_EC2_METADATA_DISABLED": "true"})
+    with pytest.raises(HTTPException) as err:
+        storage_call(storage.outputs, JOB)
+    assert err.value.status_code == 502 and "NoCredentialsError" in err.value.detail
+    assert SECRET_KEY not in err.value.detail
+
+
 def test_web_player_may_follow_presigned_redirects(s3_env):
     """With presigned downloads the <video> follows a redirect to S3: the page's CSP media-src allows that
     origin (and only with presigned downloads on)."""

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from resources import logs, settings
+from resources import logs, s3, settings
 from resources.accounts import User
 from resources.jobstore import JobRecord
 from resources.storage import MediaStorage, Output, StorageUnavailable
@@ -44,21 +44,33 @@ async def get_owned(request: Request, job_id: str, user: User) -> JobRecord:
 
 
 def published(job_id: str) -> list[Output]:
-    """The job's outputs; the storage (S3) unreachable is a 503 with Retry-After, never a 500."""
-    try:
-        return storage().outputs(job_id)
-    except StorageUnavailable as exc:
-        raise storage_away(exc) from None
+    return storage_call(storage().outputs, job_id)
 
 
 def outputs_of(job_id: str) -> list[str]:
     return [o.name for o in published(job_id)]
 
 
-def storage_away(exc: StorageUnavailable) -> HTTPException:
-    logs.log(log, "storage unavailable", level=logging.WARNING, error=str(exc))
-    return HTTPException(503, "the file storage is unavailable right now; retry in a few seconds",
-                         headers={"Retry-After": "5", "Cache-Control": "no-store"})
+def storage_call(fn, *args):
+    """A call to the file storage with its failures as answers, never a 500: S3 unreachable → 503 with
+    Retry-After; S3 settings missing → 503 naming the variable; S3 refusing (no credentials, access denied)
+    → 502 naming the error class or code. No message carries a secret."""
+    try:
+        return fn(*args)
+    except StorageUnavailable as exc:
+        logs.log(log, "storage unavailable", level=logging.WARNING, error=str(exc))
+        raise HTTPException(503, "the file storage is unavailable right now; retry in a few seconds",
+                            headers={"Retry-After": "5", "Cache-Control": "no-store"}) from None
+    except s3.StorageConfigError as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "30", "Cache-Control": "no-store"}) from None
+    except Exception as exc:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not isinstance(exc, (BotoCoreError, ClientError)):
+            raise
+        what = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        logs.log(log, "storage failed", level=logging.WARNING, error=what or type(exc).__name__)
+        raise HTTPException(502, f"the file storage failed ({what or type(exc).__name__})") from None
 
 
 def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> dict:
@@ -281,7 +293,7 @@ async def download(job_id: str, name: str, request: Request, user: User = Depend
         return FileResponse(st.outputs_dir(job.id) / name, media_type=media_type, filename=name)
     if output.suffix in PRESIGNED and presign_downloads():
         expires = int(settings.number("DUBBING_S3_PRESIGN_EXPIRES_S", 3600)) or 3600
-        url = st.presign(job.id, name, expires_s=expires)
+        url = storage_call(st.presign, job.id, name, expires)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     return await stream_output(request, st, job.id, output, media_type)
 
@@ -311,9 +323,8 @@ async def stream_output(request: Request, st: MediaStorage, job_id: str, output:
             headers["content-range"] = f"bytes {start}-{end - 1}/{output.size}"
     headers["content-length"] = str(end - start)
     try:
-        body = await run_in_threadpool(st.read_output, job_id, output.name, start, end if status == 206 else None)
-    except StorageUnavailable as exc:
-        raise storage_away(exc) from None
+        body = await run_in_threadpool(storage_call, st.read_output, job_id, output.name, start,
+                                       end if status == 206 else None)
     except FileNotFoundError:
         raise HTTPException(404, "no such output") from None
     return StreamingResponse(body, status_code=status, media_type=media_type, headers=headers)
