@@ -776,6 +776,8 @@ def test_publish_outputs(tmp_path):
     out = storage.outputs_dir(job)
     assert [(o.name, o.size) for o in published] == [(n, len(n) * 100) for n in names]
     assert storage.outputs(job) == sorted(published, key=lambda o: o.name)
+    assert b"".join(storage.read_output(job, "talk.es.srt", 5, 15)) == (b"talk.es.srt" * 100)[5:15]
+    assert storage.output_location(job, "talk.es.srt") == str(out / "talk.es.srt")
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # nothing else, no .partial
     assert not list(out.rglob("*.partial")) and not list(out.glob(".*"))
     for name in names:
