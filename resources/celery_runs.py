@@ -15,8 +15,8 @@ fixes two things measured here:
   resumes the run on another worker (finished steps are kept, the interrupted step runs again).
   The run's pool slots (held by the dead worker) are freed before it is resumed.
   And a task still waiting in the queue (PENDING, e.g. a resumed run waiting for a free worker) is
-  healthy, not UNKNOWN: the stock check called it UNKNOWN, so run monitoring resumed it again and
-  again while it waited and then failed the run.
+  healthy, not UNKNOWN: the stock check calls it UNKNOWN, which run monitoring resumes again on
+  every poll while it waits, and then fails the run (read in run_monitoring.py).
 """
 
 from __future__ import annotations
