@@ -155,7 +155,10 @@ def test_a_killed_worker_s_run_resumes_on_the_other_worker(redis_up, monkeypatch
             # Dagster creates a pool's row on first use; two runs reaching "asr" for the first time at
             # once in two processes raced (UniqueViolation on concurrency_limits, the run failed): a
             # deployment does this once, as here (deploy/celery/README.md)
-            inst.event_log_storage.initialize_concurrency_limit_to_default("asr")
+            from dubbing_assets.definitions import defs
+
+            for pool in {defs.resolve_assets_def(s).op.pool for s in STAGES} - {None}:  # asr, tts
+                inst.event_log_storage.initialize_concurrency_limit_to_default(pool)
         d.start("daemon", "api")
         alice = d.client("alice")
         long_video = make_talk(d.root / "long", sentences=8, name="long_talk.mp4")
