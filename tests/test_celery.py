@@ -119,7 +119,9 @@ def test_a_run_tagged_with_a_queue_goes_to_that_queue(tmp_path, pg_url, monkeypa
         health = instance.run_launcher.check_run_worker_health(runs["gpu"])
         assert health.status == dg._core.launcher.WorkerStatus.RUNNING, health
     finally:
-        r.delete(default_q, gpu_q)
+        _drop_queue(default_q)
+        _drop_queue(gpu_q)
+        r.close()
         instance.dispose()
 
 
@@ -136,12 +138,13 @@ def _messages(inst, run_id: str) -> list[str]:
     return [r.event_log_entry.dagster_event.message or "" for r in events]
 
 
-def test_a_killed_worker_s_run_resumes_on_the_other_worker(redis_up, monkeypatch):
+def test_a_killed_worker_s_run_resumes_on_the_other_worker(redis_up, monkeypatch, request):
     from e2e_harness import Deployment, check, make_talk, wait_until
 
     from resources.celery_runs import WORKER_TAG
 
     queue = f"dub_{secrets.token_hex(4)}"
+    request.addfinalizer(lambda: _drop_queue(queue))
     for key, value in celery_env(queue).items():  # this process opens the instance too
         monkeypatch.setenv(key, value)
     for key in ("DAGSTER_HOME", "DATABASE_URL", "DUBBING_DATA_DIR", "DAGSTER_POSTGRES_URL"):
@@ -227,6 +230,15 @@ def test_a_killed_worker_s_run_resumes_on_the_other_worker(redis_up, monkeypatch
         print(f"\ncelery: killed {victim} in {stage}; resume launched {resumed_at - killed_at:.1f} s after "
               f"the kill, run done {end - killed_at:.1f} s after it ({run_s:.0f} s in all); whole test "
               f"{time.time() - started:.0f} s")
+
+
+def _drop_queue(queue: str) -> None:
+    """The test's queue and its bindings (task states expire by themselves: result_expires)."""
+    import redis
+
+    r = redis.Redis(host="127.0.0.1", db=int(REDIS_DB))
+    r.delete(queue, *r.keys(f"_kombu.binding*.{queue}"))
+    r.close()
 
 
 def d_runs(inst, job_id: str) -> list:
