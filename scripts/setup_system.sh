@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the platform needs, when missing: ffmpeg, espeak-ng, apertium-eng-spa;
-# with --test also Chromium for the browser tests (Debian's; a downloaded browser never works here).
+# with --test also Chromium for the browser tests (Debian's; a downloaded browser never works here) and
+# nginx (the deploy tests run deploy/compose/nginx.conf in front of two API stand-ins).
 set -euo pipefail
 missing=()
 if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null || missing+=(chromium)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 fi
 command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing+=(ffmpeg)
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
