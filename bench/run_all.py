@@ -26,6 +26,8 @@ BENCHMARKS = [
      "RTF <= 0.15; overhead ratio <= 1.15"),
     ("upload_throughput", "upload_throughput.py", "3: 1 GiB through the chunk API and tus vs raw",
      ">= 0.5x raw baseline; RSS flat in file size"),
+    ("upload_s3", "upload_s3.py", "3b: uploads with storage on S3 (SeaweedFS) vs boto3's own multipart upload",
+     "reported (no target set)"),
     ("launch_latency", "launch_latency.py", "4: upload complete -> RUN_START over 20 jobs, Postgres",
      "p50 <= 8 s; p95 <= 15 s"),
     ("api_load", "api_load.py", "5: job view and upload status, 50 clients, 10,000 jobs",
