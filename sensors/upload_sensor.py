@@ -19,6 +19,23 @@ from resources.storage import MediaStorage
 
 MAX_JOBS_PER_TICK = 50
 SWEEP_EVERY_S = 300  # abandoned uploads are expired by this sensor's loop
+POOLS = ("asr", "tts")  # the stages' Dagster pools (transcript, dubbed_speech)
+_pools_ready: set[str] = set()
+
+
+def ensure_pools(instance: dg.DagsterInstance) -> None:
+    """Give every pool its row (at the instance's default limit) before the first run needs it. Left to
+    the runs, the first two steps of one pool starting at the same moment both insert the row and one
+    run fails (UniqueViolation on concurrency_limits, seen in the gates and the Celery test). A pool
+    that already has a row (e.g. raised with `dagster instance concurrency set tts 4`) is left alone."""
+    if _pools_ready >= set(POOLS):
+        return
+    storage = instance.event_log_storage
+    existing = storage.get_concurrency_keys()
+    for pool in POOLS:
+        if pool not in existing:
+            storage.initialize_concurrency_limit_to_default(pool)
+        _pools_ready.add(pool)
 
 
 def run_request(job: JobRecord) -> dg.RunRequest:
@@ -62,6 +79,8 @@ def build_upload_sensor(minimum_interval_seconds: int | None = None) -> dg.Senso
         # one membership query for the whole batch (not one round trip per job: with Postgres each is a
         # new connection, about 90 ms under load, so 50 jobs took seconds; bench/partition_scale.py)
         existing = context.instance.get_existing_dynamic_partitions(dub_jobs.name, [j.id for j in jobs])
+        if jobs:
+            ensure_pools(context.instance)
         new_keys = [j.id for j in jobs if j.id not in existing]
         return dg.SensorResult(
             run_requests=[run_request(j) for j in jobs],

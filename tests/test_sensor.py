@@ -134,3 +134,29 @@ def test_daemon_launches_exactly_one_run_per_upload_for_two_users(api, espeak_vi
                 assert other.get(f"/api/jobs/{job_id}").status_code == 404
     finally:
         api.stop("daemon")
+
+
+def test_sensor_gives_the_pools_their_rows_before_the_first_run(tmp_path, monkeypatch):
+    """Two runs' first steps of one pool starting together both inserted its row and one run failed; the
+    sensor creates the rows first, and leaves a raised limit alone."""
+    from sensors import upload_sensor as module
+
+    monkeypatch.setattr(module, "_pools_ready", set())
+    store = JobStore(database_url=f"sqlite:///{tmp_path}/jobs.db")
+    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
+        assert not tick(instance, None, tmp_path).run_requests  # no job: nothing touched
+        assert instance.event_log_storage.get_concurrency_keys() == set()
+        instance.event_log_storage.set_concurrency_slots("tts", 4)  # an admin raised it
+        store.create_job(input_path="/u", filename="v.mp4", source_lang="en", target_lang="es", owner="u",
+                         upload_id="1" * 32)
+        assert len(tick(instance, None, tmp_path).run_requests) == 1
+        limits = {k: instance.event_log_storage.get_concurrency_info(k).slot_count for k in module.POOLS}
+        assert limits == {"asr": 1, "tts": 4}
+
+
+def test_the_sensors_pools_are_the_stages_pools():
+    from dubbing_assets.definitions import defs
+    from sensors.upload_sensor import POOLS
+
+    pools = {defs.resolve_assets_def(k).op.pool for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert pools - {None} == set(POOLS)
