@@ -163,6 +163,16 @@ def require_alive(view: UploadView) -> None:
         uploads().require_receiving(view)
 
 
+def room_left(request: Request, view, offset: int) -> int:
+    """The bytes left before Upload-Length; a body declared longer is refused before it is read."""
+    room = view.size_bytes - offset
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > room:
+        raise UploadError(400, f"body of {int(declared)} bytes goes past Upload-Length "
+                               f"({view.size_bytes}; {room} bytes left at offset {offset})", view)
+    return room
+
+
 async def write_body(request: Request, view: UploadView, offset: int) -> tuple[UploadView, int, bool]:
     """Stream the request body into the upload's file at `offset` (caller holds the upload lock and
     has checked the offset). Returns the view after the new offset is recorded, the bytes kept and
@@ -172,11 +182,7 @@ async def write_body(request: Request, view: UploadView, offset: int) -> tuple[U
     if view.on_s3:
         return await write_body_s3(request, view, offset)
     checksum = parse_checksum(request)
-    room = view.size_bytes - offset
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > room:
-        raise UploadError(400, f"body of {int(declared)} bytes goes past Upload-Length "
-                               f"({view.size_bytes}; {room} bytes left at offset {offset})", view)
+    room = room_left(request, view, offset)
     interrupted = False
     running = uploads().running_hash(view.id, offset)
     fd = os.open(uploads().data_path(view.id), os.O_WRONLY)
@@ -221,11 +227,7 @@ async def write_body_s3(request: Request, view: UploadView, offset: int) -> tupl
     503 with the offset at the parts it holds."""
     store = uploads()
     checksum = parse_checksum(request)
-    room = view.size_bytes - offset
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > room:
-        raise UploadError(400, f"body of {int(declared)} bytes goes past Upload-Length "
-                               f"({view.size_bytes}; {room} bytes left at offset {offset})", view)
+    room = room_left(request, view, offset)
     running = store.running_hash(view.id, offset)
     hashers = [checksum[1] if checksum else None, running]
     tail_id = view.tail_id or secrets.token_hex(8)

@@ -132,6 +132,15 @@ async def body_pieces(request: Request):
             yield piece
 
 
+async def receive_chunk(request: Request, writer: BodyWriter, view: UploadView, index: int, length: int) -> None:
+    """The request body of chunk `index` through `writer`; refused (400) the moment it runs past `length`."""
+    async for piece in body_pieces(request):
+        if writer.received + len(piece) > length:
+            raise UploadError(400, f"chunk {index} is longer than its {length} bytes", view)
+        await writer.add(piece)
+    await writer.flush()
+
+
 @router.put("/{upload_id}/chunk")
 async def put_chunk(upload_id: str, index: int, request: Request, response: Response,
                     user: User = Depends(current_user)):
@@ -173,11 +182,7 @@ async def put_chunk(upload_id: str, index: int, request: Request, response: Resp
         fd = None if already else os.open(uploads().data_path(view.id), os.O_WRONLY)
         writer = BodyWriter(fd, offset, [digest, running])
         try:
-            async for piece in body_pieces(request):
-                if writer.received + len(piece) > length:
-                    raise UploadError(400, f"chunk {index} is longer than its {length} bytes", view)
-                await writer.add(piece)
-            await writer.flush()
+            await receive_chunk(request, writer, view, index, length)
             if writer.written != length:
                 raise UploadError(400, f"chunk {index} must be {length} bytes; got {writer.written}", view)
             got = digest.hexdigest() if digest else None
@@ -224,11 +229,7 @@ async def put_chunk_s3(request: Request, view: UploadView, index: int, want_sha:
     writer = BodyWriter(os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), 0, [digest, md5, running])
     try:
         try:
-            async for piece in body_pieces(request):
-                if writer.received + len(piece) > length:
-                    raise UploadError(400, f"chunk {index} is longer than its {length} bytes", view)
-                await writer.add(piece)
-            await writer.flush()
+            await receive_chunk(request, writer, view, index, length)
         except ClientDisconnect:
             logs.log(log, "chunk_interrupted", level=logs.logging.WARNING, index=index, bytes=writer.received)
             raise _ChunkInterrupted() from None
