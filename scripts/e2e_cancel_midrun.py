@@ -42,12 +42,14 @@ def gate() -> str:
             alice.wait_job(queued, {"cancelled", "done", "failed"}, timeout=60)
             times[queued] = time.time() - asked
             stages, asked_at = {}, {}
-            for job in running:  # both in the middle of a stage, then both cancels back to back
+            # each cancelled the moment it is seen in the middle of a stage: with the asr and tts pools
+            # (one transcription, one synthesis at a time) the two runs take turns, and waiting to see
+            # both mid-stage let the first one finish before its cancel (CI, 2026-11-26)
+            for job in running:
                 view = wait_until(lambda: (v := alice.job(job))["state"] != "running" or v["current_stage"] in
                                   ("transcript", "translation", "dubbed_speech") and v, 300, every=0.2)
                 check(view["state"] == "running", f"job {job} ended {view['state']} before it could be cancelled")
                 stages[job] = view["current_stage"]
-            for job in running:
                 asked_at[job] = time.time()
                 check(alice.request("POST", f"/api/jobs/{job}/cancel").status_code == 202, "cancel (running) refused")
             for job in running:
