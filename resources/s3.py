@@ -122,12 +122,20 @@ def transient_errors() -> tuple[type[BaseException], ...]:
             ConnectionError)
 
 
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError (NoSuchKey, NoSuchUpload, SlowDown...); "" for others."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status S3 answered with (0 when it did not answer)."""
+    response = getattr(exc, "response", None)
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0) if isinstance(response, dict) else 0
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, transient_errors()):
         return True
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        code = response.get("Error", {}).get("Code", "")
-        return status in (500, 502, 503, 504) or code in ("SlowDown", "ServiceUnavailable", "RequestTimeout")
-    return False
+    return http_status(exc) in (500, 502, 503, 504) or error_code(exc) in ("SlowDown", "ServiceUnavailable",
+                                                                          "RequestTimeout")

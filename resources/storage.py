@@ -335,11 +335,7 @@ def _output_key(cfg: s3.S3Settings, job_id: str, name: str) -> str:
 
 
 def is_missing(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return False
-    code = str(response.get("Error", {}).get("Code", ""))
-    return code in ("NoSuchKey", "404", "NotFound") or response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404
+    return s3.error_code(exc) in ("NoSuchKey", "404", "NotFound") or s3.http_status(exc) == 404
 
 
 @contextlib.contextmanager

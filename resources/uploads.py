@@ -126,8 +126,7 @@ class UploadView:
     def parts_bytes(self) -> int:
         """S3: the bytes in the parts marked received, when they are a prefix (tus; the chunk API once
         every part is there)."""
-        full = len(self.received) - len(self.received.lstrip("1"))
-        return min(full * self.chunk_bytes, self.size_bytes)
+        return min(leading_received(self.received) * self.chunk_bytes, self.size_bytes)
 
     def chunk_range(self, index: int) -> tuple[int, int]:
         """(offset, length) of chunk `index`."""
@@ -626,17 +625,17 @@ class UploadStore:
                     s3.client(cfg).abort_multipart_upload(Bucket=cfg.bucket, Key=row.object_key,
                                                           UploadId=row.s3_upload_id)
                 except Exception as exc:
-                    if _s3_code(exc) != "NoSuchUpload":
+                    if s3.error_code(exc) != "NoSuchUpload":
                         raise
             elif row.state != "complete" or not row.job_id:
                 s3.client(cfg).delete_object(Bucket=cfg.bucket, Key=row.object_key)  # assembled, no job
         except Exception as exc:
             logs.log(_log, "s3_remove_failed", level=logs.logging.WARNING, upload_id=row.id,
-                     error=type(exc).__name__, code=_s3_code(exc))
+                     error=type(exc).__name__, code=s3.error_code(exc))
             if strict:
                 if s3.is_transient(exc):
                     raise s3_unavailable("deleting the upload", UploadView.from_row(row)) from None
-                raise UploadError(502, f"S3 refused to delete the upload ({_s3_code(exc) or type(exc).__name__})",
+                raise UploadError(502, f"S3 refused to delete the upload ({s3.error_code(exc) or type(exc).__name__})",
                                   UploadView.from_row(row)) from None
             return False
         row.s3_upload_id = None
@@ -665,7 +664,7 @@ class UploadStore:
                 logs.log(_log, "s3_unavailable", level=logs.logging.WARNING, action=action,
                          error=type(exc).__name__)
                 raise s3_unavailable(action, view) from None
-            code = _s3_code(exc)
+            code = s3.error_code(exc)
             if code == "NoSuchUpload":
                 raise UploadError(410, "the upload's S3 multipart upload is gone (aborted or expired in S3); "
                                        "start a new upload", view) from None
@@ -697,7 +696,7 @@ class UploadStore:
               for i in range(view.total_chunks)]
         received = "".join(ok)
         if view.protocol == "tus":  # tus parts are a prefix: a part past a gap is not counted
-            full = len(received) - len(received.lstrip("1"))
+            full = leading_received(received)
             received = "1" * full + "0" * (view.total_chunks - full)
         return received
 
@@ -820,7 +819,7 @@ class UploadStore:
         of it go to S3 as the next parts; what is left becomes the tail (a new file when parts went up).
         The progress is recorded. S3 failing: the parts it took are recorded, the tail is dropped (the
         client resends from the parts) and the error (503) raised."""
-        parts = len(view.received) - len(view.received.lstrip("1"))
+        parts = leading_received(view.received)
         path, pos = self.tail_path(view.id, tail_id), 0
         try:
             while parts < view.total_chunks:
@@ -860,6 +859,11 @@ class UploadStore:
             return UploadView.from_row(row)
 
 
+def leading_received(received: str) -> int:
+    """How many chunks from the first on are received, in a row ('1110100' -> 3)."""
+    return len(received) - len(received.lstrip("1"))
+
+
 class _Window:
     """A read-only window [start, start + length) of an open file, for boto3 (seekable, so its retries
     can rewind)."""
@@ -883,11 +887,6 @@ class _Window:
 
     def __len__(self) -> int:
         return self.length
-
-
-def _s3_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 _log = logs.logging.getLogger("dubbing.uploads")

@@ -68,7 +68,7 @@ def storage_call(fn, *args):
 
         if not isinstance(exc, (BotoCoreError, ClientError)):
             raise
-        what = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+        what = s3.error_code(exc)
         logs.log(log, "storage failed", level=logging.WARNING, error=what or type(exc).__name__)
         raise HTTPException(502, f"the file storage failed ({what or type(exc).__name__})") from None
 
