@@ -47,6 +47,52 @@ class JobRow(Base):
     options: Mapped[str] = mapped_column(sa.Text, nullable=False, default="{}")
     # A cancel asked for before the sensor launched the run (an input to the sensor, not a status).
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # Bumped by every saved segment edit (a re-dub's run key carries it). Migration 0009.
+    edit_revision: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0, server_default="0")
+    pinned: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False, server_default=sa.false())
+    # Retention tombstones (not a run status): the intermediates and input were removed; everything was.
+    artifacts_expired_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    expired_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+
+
+class RunRequestRow(Base):
+    """A run asked for outside the upload sensor (a re-dub, an admin's reprocess): an input queue that the
+    run request sensor walks by seq. `key` is the Dagster run key, unique: asking twice launches once."""
+
+    __tablename__ = "dub_run_requests"
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(sa.String(200), unique=True, nullable=False)
+    job_id: Mapped[str] = mapped_column(sa.String(64), nullable=False, index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    stages: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    reason: Mapped[str] = mapped_column(sa.Text, nullable=False, default="", server_default="")
+    requested_by: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+
+
+@dataclass(frozen=True)
+class RunRequestRecord:
+    seq: int
+    key: str
+    job_id: str
+    kind: str
+    stages: list[str]
+    reason: str
+    requested_by: str | None
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: RunRequestRow) -> "RunRequestRecord":
+        return cls(seq=row.seq, key=row.key, job_id=row.job_id, kind=row.kind, stages=json.loads(row.stages),
+                   reason=row.reason, requested_by=row.requested_by, created_at=_utc(row.created_at))
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite keeps no zone; we always store UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
 
 
 TTS_ENGINES = ("auto", "espeak", "piper", "xtts")
@@ -106,15 +152,16 @@ class JobRecord:
     upload_id: str | None = None
     seq: int = 0
     cancel_requested_at: dt.datetime | None = None
+    edit_revision: int = 0
+    pinned: bool = False
+    artifacts_expired_at: dt.datetime | None = None
+    expired_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> "JobRecord":
-        created = row.created_at
-        if created.tzinfo is None:  # SQLite keeps no zone; we always store UTC
-            created = created.replace(tzinfo=dt.timezone.utc)
         return cls(
             id=row.id,
-            created_at=created,
+            created_at=_utc(row.created_at),
             input_path=row.input_path,
             filename=row.filename,
             source_lang=row.source_lang,
@@ -124,7 +171,11 @@ class JobRecord:
             options=JobOptions.from_dict(json.loads(row.options or "{}")),
             upload_id=row.upload_id,
             seq=row.seq,
-            cancel_requested_at=row.cancel_requested_at,
+            cancel_requested_at=_utc(row.cancel_requested_at),
+            edit_revision=row.edit_revision or 0,
+            pinned=bool(row.pinned),
+            artifacts_expired_at=_utc(row.artifacts_expired_at),
+            expired_at=_utc(row.expired_at),
         )
 
 
@@ -252,3 +303,62 @@ class JobStore(dg.ConfigurableResource):
             stmt = stmt.where(JobRow.owner == owner)
         with sa.orm.Session(self.engine()) as session:
             return [JobRecord.from_row(r) for r in session.scalars(stmt)]
+
+    # --- edits, pins, retention tombstones, run requests (issue 10) ---------------------------------
+
+    def bump_revision(self, job_id: str, session: sa.orm.Session | None = None) -> int:
+        """Count one more saved segment edit; returns the new revision."""
+        def bump(s: sa.orm.Session) -> int:
+            s.execute(sa.update(JobRow).where(JobRow.id == job_id).values(edit_revision=JobRow.edit_revision + 1))
+            return s.scalar(sa.select(JobRow.edit_revision).where(JobRow.id == job_id))
+
+        if session is not None:
+            return bump(session)
+        with sa.orm.Session(self.engine()) as own, own.begin():
+            return bump(own)
+
+    def set_pinned(self, job_id: str, pinned: bool) -> None:
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            session.execute(sa.update(JobRow).where(JobRow.id == job_id).values(pinned=bool(pinned)))
+
+    def mark_expired(self, job_id: str, *, artifacts: bool = False, everything: bool = False) -> None:
+        """Set the retention tombstones (each only once: the first time is kept)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            if artifacts or everything:
+                session.execute(sa.update(JobRow).where(JobRow.id == job_id, JobRow.artifacts_expired_at.is_(None))
+                                .values(artifacts_expired_at=now))
+            if everything:
+                session.execute(sa.update(JobRow).where(JobRow.id == job_id, JobRow.expired_at.is_(None))
+                                .values(expired_at=now))
+
+    def add_run_request(self, job_id: str, *, kind: str, stages: list[str], key: str, reason: str = "",
+                        requested_by: str | None = None) -> tuple[RunRequestRecord, bool]:
+        """Queue a run for the run request sensor: (the request, True if new). The key is unique: asking again
+        with the same key returns the first request and queues nothing."""
+        def first() -> RunRequestRecord | None:
+            with sa.orm.Session(self.engine()) as session:
+                row = session.scalar(sa.select(RunRequestRow).where(RunRequestRow.key == key))
+                return RunRequestRecord.from_row(row) if row is not None else None
+
+        existing = first()
+        if existing is not None:
+            return existing, False
+        row = RunRequestRow(key=key, job_id=job_id, kind=kind, stages=json.dumps(list(stages)), reason=reason[:2000],
+                            requested_by=requested_by, created_at=dt.datetime.now(dt.timezone.utc))
+        try:
+            with sa.orm.Session(self.engine(), expire_on_commit=False) as session, session.begin():
+                session.add(row)
+        except sa.exc.IntegrityError:  # the same key, queued at the same moment by another process
+            return first(), False
+        return RunRequestRecord.from_row(row), True
+
+    def run_requests_after(self, seq: int, limit: int = 100) -> list[RunRequestRecord]:
+        stmt = sa.select(RunRequestRow).where(RunRequestRow.seq > seq).order_by(RunRequestRow.seq).limit(limit)
+        with sa.orm.Session(self.engine()) as session:
+            return [RunRequestRecord.from_row(r) for r in session.scalars(stmt)]
+
+    def run_requests_of(self, job_id: str) -> list[RunRequestRecord]:
+        stmt = sa.select(RunRequestRow).where(RunRequestRow.job_id == job_id).order_by(RunRequestRow.seq)
+        with sa.orm.Session(self.engine()) as session:
+            return [RunRequestRecord.from_row(r) for r in session.scalars(stmt)]

@@ -136,8 +136,7 @@ class MediaStorage(dg.ConfigurableResource):
         try:
             yield
         finally:
-            if self.is_s3:
-                shutil.rmtree(self.root_path() / "scratch" / _check_job_id(job_id), ignore_errors=True)
+            self.clear_scratch(job_id)
 
     # --- artifacts --------------------------------------------------------------------------------
 
@@ -292,6 +291,11 @@ class MediaStorage(dg.ConfigurableResource):
             shutil.rmtree(self.outputs_dir(job_id), ignore_errors=True)
         else:
             self._delete_prefix(s3.settings(), job_id, "outputs")
+
+    def clear_scratch(self, job_id: str) -> None:
+        """Remove a job's local scratch folder (s3 only: locally the work folder is the artifacts)."""
+        if self.is_s3:
+            shutil.rmtree(self.root_path() / "scratch" / _check_job_id(job_id), ignore_errors=True)
 
     def clear_job(self, job_id: str) -> None:
         """Remove a job's artifacts, scratch and outputs (a cancelled job: nothing partial stays)."""

@@ -14,8 +14,15 @@ from resources.storage import MediaStorage
                       description="A cancelled job's temp files and any outputs are removed: nothing "
                                   "partial is ever offered as finished.")
 def cancelled_run_cleanup(context: dg.RunStatusSensorContext, storage: MediaStorage):
-    job_id = context.dagster_run.tags.get("dagster/partition")
+    run = context.dagster_run
+    job_id = run.tags.get("dagster/partition")
     if not job_id:
+        return
+    if run.tags.get("dubbing/origin") in ("redub", "reprocess"):
+        # a partial run over a finished job: the earlier stages' artifacts are the job's (a re-dub keeps the
+        # edited transcript and translation); only the scratch of the cancelled stage goes
+        storage.clear_scratch(job_id)
+        context.log.info(f"cancelled {run.tags.get('dubbing/origin')} run of job {job_id}: artifacts kept")
         return
     storage.clear_job(job_id)
     context.log.info(f"removed temp files and outputs of cancelled job {job_id}")

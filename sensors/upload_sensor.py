@@ -38,19 +38,25 @@ def ensure_pools(instance: dg.DagsterInstance) -> None:
         _pools_ready.add(pool)
 
 
-def run_request(job: JobRecord) -> dg.RunRequest:
+def run_tags(job: JobRecord, origin: str) -> dict[str, str]:
+    """The tags of every run of a job, whoever launches it; `origin` says why the run exists (upload, redub,
+    reprocess; retries get "retry"), and the timeline names the run after it."""
     tags = {
         "dubbing/job_id": job.id,
         "dubbing/user_id": job.owner or "",
         "dubbing/upload_id": job.upload_id or "",
         "dubbing/source_lang": job.source_lang,
         "dubbing/target_lang": job.target_lang,
-        "dubbing/origin": "upload",
+        "dubbing/origin": origin,
     }
     queue = os.environ.get("DUBBING_RUN_QUEUE", "").strip()
     if queue:  # the Celery profile: runs go to this Celery queue, e.g. "gpu" (deploy/celery/README.md)
         tags["dagster-celery/queue"] = queue
-    return dg.RunRequest(run_key=job.id, partition_key=job.id, tags=tags)
+    return tags
+
+
+def run_request(job: JobRecord) -> dg.RunRequest:
+    return dg.RunRequest(run_key=job.id, partition_key=job.id, tags=run_tags(job, "upload"))
 
 
 def build_upload_sensor(minimum_interval_seconds: int | None = None) -> dg.SensorDefinition:

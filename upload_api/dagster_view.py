@@ -19,7 +19,7 @@ STATE_OF_RUN = {
     "STARTED": "running", "SUCCESS": "done", "FAILURE": "failed", "CANCELING": "cancelling",
     "CANCELED": "cancelled",
 }
-FINISHED = {"done", "failed", "cancelled"}
+FINISHED = {"done", "failed", "cancelled", "expired"}
 SHOWN_METADATA = {
     "source_media": ("duration_s", "container", "video_codec", "audio_codec", "size_mb"),
     "extracted_audio": ("asr_wav_s", "extract_s"),
@@ -44,6 +44,8 @@ def runs_by_job(instance: dg.DagsterInstance, job_ids: list[str]) -> dict[str, l
 
 
 def job_state(job: JobRecord, runs: list[dg.DagsterRun]) -> str:
+    if job.expired_at is not None:  # the retention tombstone: its files and partition are gone
+        return "expired"
     if runs:
         if runs[0].is_complete_and_waiting_to_retry:
             return "queued"  # the run crashed and Dagster's run retries will launch it again
@@ -116,7 +118,9 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
                     "duration_s": None, "attempts": 0, "run_id": None, "metadata": {}, "error": None}
               for key in STAGES}
     first_start = None
+    per_run: dict[str, list[dict]] = {}
     for run in oldest_first:
+        own = per_run.setdefault(run.run_id, [])
         for stat in instance.get_run_step_stats(run.run_id):
             stage = stages.get(stat.step_key)
             if stage is None:
@@ -130,6 +134,8 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
             stage["state"] = {"SUCCESS": "done", "FAILURE": "failed", "SKIPPED": "skipped",
                               "IN_PROGRESS": "running"}.get(status, status.lower())
             stage["error"] = None
+            own.append({"stage": stat.step_key, "label": STAGE_LABELS[stat.step_key], "state": stage["state"],
+                        "duration_s": stage["duration_s"]})
         for rec in records(instance, run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
             event = rec.event_log_entry.dagster_event
             stage = stages.get(event.step_key)
@@ -161,11 +167,21 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
         "state": state,
         "queue": queue,
         "stages": [stages[k] for k in STAGES],
-        "runs": [{"run_id": r.run_id, "status": r.status.value, "kind": "retry" if r.parent_run_id else "run",
+        "runs": [{"run_id": r.run_id, "status": r.status.value, "kind": run_kind(r),
+                  "reason": r.tags.get("dubbing/reason"), "stages": per_run.get(r.run_id, []),
                   "resumed": _resumes(instance, r.run_id)} for r in oldest_first],
         "run_wall_s": _run_wall(instance, oldest_first),
         "last_log_line": last_line(instance, latest),
     }
+
+
+def run_kind(run: dg.DagsterRun) -> str:
+    """What a run of a job is: its first "run", a "retry" (re-execution), a "redub" after a segment edit, or a
+    scheduled or admin "reprocess"."""
+    if run.parent_run_id:
+        return "retry"
+    origin = run.tags.get("dubbing/origin", "")
+    return origin if origin in ("redub", "reprocess") else "run"
 
 
 RESUME_MESSAGE = "Launching a new run worker to resume run"  # dagster._daemon.monitoring.run_monitoring

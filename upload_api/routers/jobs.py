@@ -22,7 +22,7 @@ from upload_api.deps import bind, current_user, dagster_instance, job_store, sto
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 log = logs.logging.getLogger("dubbing.api.jobs")
-STATES = ("submitted", "queued", "running", "done", "failed", "cancelling", "cancelled")
+STATES = ("submitted", "queued", "running", "done", "failed", "cancelling", "cancelled", "expired")
 
 
 def owned_job(job_id: str, user: User) -> JobRecord:
