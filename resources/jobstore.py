@@ -306,16 +306,13 @@ class JobStore(dg.ConfigurableResource):
 
     # --- edits, pins, retention tombstones, run requests (issue 10) ---------------------------------
 
-    def bump_revision(self, job_id: str, session: sa.orm.Session | None = None) -> int:
-        """Count one more saved segment edit; returns the new revision."""
-        def bump(s: sa.orm.Session) -> int:
-            s.execute(sa.update(JobRow).where(JobRow.id == job_id).values(edit_revision=JobRow.edit_revision + 1))
-            return s.scalar(sa.select(JobRow.edit_revision).where(JobRow.id == job_id))
-
-        if session is not None:
-            return bump(session)
-        with sa.orm.Session(self.engine()) as own, own.begin():
-            return bump(own)
+    def bump_revision(self, job_id: str, expected: int) -> int | None:
+        """Count one more saved segment edit if the job is still at revision `expected` (compare and set, so two
+        API processes saving at once cannot both win); the new revision, or None when another save came first."""
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            done = session.execute(sa.update(JobRow).where(JobRow.id == job_id, JobRow.edit_revision == expected)
+                                   .values(edit_revision=expected + 1))
+            return expected + 1 if done.rowcount == 1 else None
 
     def set_pinned(self, job_id: str, pinned: bool) -> None:
         with sa.orm.Session(self.engine()) as session, session.begin():

@@ -160,6 +160,20 @@ class MediaStorage(dg.ConfigurableResource):
             self._download(cfg, _work_key(cfg, job_id, name), path, missing=missing_artifact(job_id, name))
         return path
 
+    def remove_artifacts(self, job_id: str, names: list[str]) -> None:
+        """Delete stage artifacts (missing ones are fine), e.g. segment cache entries no segment uses."""
+        if not names:
+            return
+        for name in names:
+            self.artifact(job_id, name).unlink(missing_ok=True)  # s3: the scratch copy
+        if self.is_s3:
+            cfg = s3.settings()
+            client = s3.client(cfg)
+            keys = [{"Key": _work_key(cfg, job_id, n)} for n in names]
+            with _s3_errors(cfg):
+                for i in range(0, len(keys), 1000):
+                    client.delete_objects(Bucket=cfg.bucket, Delete={"Objects": keys[i:i + 1000], "Quiet": True})
+
     def write_json(self, job_id: str, name: str, data: Any) -> Path | str:
         """Write a JSON artifact; returns where it went (a local path, or an s3:// URL)."""
         text = json.dumps(data, ensure_ascii=False, indent=1)
@@ -296,6 +310,14 @@ class MediaStorage(dg.ConfigurableResource):
         """Remove a job's local scratch folder (s3 only: locally the work folder is the artifacts)."""
         if self.is_s3:
             shutil.rmtree(self.root_path() / "scratch" / _check_job_id(job_id), ignore_errors=True)
+
+    def clear_work(self, job_id: str) -> None:
+        """Remove a job's stage artifacts and scratch, keeping its outputs (retention of intermediates)."""
+        if not self.is_s3:
+            shutil.rmtree(self.job_dir(job_id) / "work", ignore_errors=True)
+            return
+        shutil.rmtree(self.root_path() / "scratch" / _check_job_id(job_id), ignore_errors=True)
+        self._delete_prefix(s3.settings(), job_id, "work")
 
     def clear_job(self, job_id: str) -> None:
         """Remove a job's artifacts, scratch and outputs (a cancelled job: nothing partial stays)."""

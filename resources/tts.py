@@ -257,6 +257,18 @@ class TtsResource(dg.ConfigurableResource):
             return Piper(chosen)
         return Xtts(self.xtts_model_dir, language, speaker_wav, self.xtts_device)
 
+    def voices_for(self, language: str) -> list[str]:
+        """The voices a job or one segment may ask for in `language`, as "engine:voice" ids (what `resolve`
+        takes): espeak-ng's voices of the language, Piper voices on disk for it, and XTTS-v2 (the original
+        speaker) when it can run."""
+        base = _base(language)
+        out = [f"espeak:{v}" for v in Espeak.voices() if v == language.lower() or _base(v) == base]
+        out += [f"piper:{name}" for name, (_, cfg) in piper_voice_files().items()
+                if piper_voice_language(cfg).lower().replace("-", "_").split("_")[0] == base]
+        if xtts_unavailable_reason(self.xtts_model_dir, self.xtts_device) is None:
+            out.append("xtts:speaker")
+        return out
+
     @staticmethod
     def _espeak_voice_for(language: str) -> str:
         voices = Espeak.voices()

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from resources import logs
 from resources.uploads import UploadError
 from upload_api.dagster_ui import DagsterUiGate
-from upload_api.routers import auth, jobs, runtime, settings, tus, ui, uploads
+from upload_api.routers import auth, jobs, runtime, segments, settings, tus, ui, uploads
 
 log = logging.getLogger("dubbing.api")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -94,8 +94,8 @@ def create_app() -> FastAPI:
     logs.setup()
     app = FastAPI(title="Dubbing platform API", version="0.1.0",
                   description="Resumable uploads, dub jobs and their state (read from Dagster).")
-    for router in (auth.router, uploads.router, tus.router, jobs.router, runtime.router, settings.router,
-                   ui.router):
+    for router in (auth.router, uploads.router, tus.router, jobs.router, segments.router, runtime.router,
+                   settings.router, ui.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=ui.STATIC), name="static")  # the web UI's scripts and CSS
     app.add_middleware(DagsterUiGate)  # /dagster: the Dagster UI, admins only

@@ -25,7 +25,8 @@ SHOWN_METADATA = {
     "extracted_audio": ("asr_wav_s", "extract_s"),
     "transcript": ("segments", "words", "mean_confidence", "real_time_factor", "model"),
     "translation": ("backend", "segments", "target_chars"),
-    "dubbed_speech": ("engine", "segments", "sped_up", "truncated", "mean_speed", "max_speed"),
+    "dubbed_speech": ("engine", "segments", "tts_synthesized", "tts_reused", "sped_up", "truncated", "mean_speed",
+                      "max_speed"),
     "dubbed_mix": ("integrated_lufs", "true_peak_dbfs", "gain_db", "codec"),
     "dubbed_video": ("container", "size_mb", "duration_s", "audio_tracks", "subtitle_streams", "note"),
 }
