@@ -173,3 +173,47 @@ def test_edit_one_segment_and_redub(stack, done_job, tmp_path):
 
 def mkv_name(c, job_id: str) -> str:
     return next(o for o in c.get(f"/api/jobs/{job_id}").json()["outputs"] if o.endswith(".mkv"))
+
+
+# --- the segment cache, in process ----------------------------------------------------------------------
+
+
+def test_segment_cache_keys_on_text_voice_and_engine_version(tmp_path, monkeypatch):
+    """speak_job on a hand-made translation: the first pass speaks every segment; a per-segment voice change
+    re-synthesises that segment only; a new engine version (an upgraded espeak-ng) re-synthesises all."""
+    from dubbing_assets.dubbed_speech import speak_job
+    from pipeline_helpers import storage
+    from resources import tts as tts_mod
+    from resources.jobstore import JobStore
+
+    st = storage()
+    job = JobStore().create_job(input_path=str(tmp_path / "none.mp4"), filename="none.mp4", source_lang="en",
+                                target_lang="es")
+    texts = ["Hola a todos.", "El tiempo en las montañas.", "Gracias por mirar."]
+    st.write_json(job.id, "source.json", {"duration_s": 12.0})
+    st.write_json(job.id, "translation.json", {"segments": [
+        {"id": i, "start": 4.0 * i, "end": 4.0 * i + 3.0, "source_text": t, "text": t} for i, t in enumerate(texts)]})
+    engine = tts_mod.TtsResource(engine="espeak")
+
+    def speak():
+        meta = speak_job(job, st, engine).metadata
+        return meta["tts_synthesized"], meta["tts_reused"]
+
+    assert speak() == (3, 0)
+    assert speak() == (0, 3)
+    translation = st.read_json(job.id, "translation.json")
+    translation["segments"][2]["voice"] = "espeak:es-419"
+    st.write_json(job.id, "translation.json", translation)
+    assert speak() == (1, 2)
+    speech = st.read_json(job.id, "speech.json")
+    assert [s["voice"] for s in speech["segments"]] == ["", "", "espeak:es-419"]
+    cache = st.job_dir(job.id) / "work" / "tts_cache"
+    assert sorted(p.stem for p in cache.iterdir()) == sorted(speech["cache_keys"])  # the stale entry is gone
+
+    real = tts_mod.Espeak._version()
+    monkeypatch.setattr(tts_mod.Espeak, "_version", staticmethod(lambda: real + "-upgraded"))
+    assert speak() == (3, 0)
+    monkeypatch.undo()
+    # a damaged cache entry is spoken again rather than failing the stage
+    next(cache.iterdir()).write_bytes(b"not a wav")
+    assert speak()[0] >= 1

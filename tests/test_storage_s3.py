@@ -236,7 +236,10 @@ def test_whole_dub_on_s3(s3_dub, s3_server, espeak_video):
     stem = espeak_video.stem
     outputs = sorted([f"{stem}.es.mkv", f"{stem}.es.srt", f"{stem}.es.vtt", f"{stem}.en.srt", f"{stem}.en.vtt"])
     assert mats["dubbed_video"]["outputs_dir"] == f"s3://{s3_server.bucket}/dub/jobs/{job.id}/outputs"
-    work = [k.rsplit("/", 1)[-1] for k in keys(s3_server, f"dub/jobs/{job.id}/work/")]
+    work = [k.split("/work/", 1)[-1] for k in keys(s3_server, f"dub/jobs/{job.id}/work/")]
+    cache = [k for k in work if k.startswith("tts_cache/")]  # the segment cache: one raw WAV per spoken segment
+    assert len(cache) == mats["dubbed_speech"]["tts_synthesized"] == mats["dubbed_speech"]["segments"] > 0
+    work = [k for k in work if k not in cache]
     assert sorted(work) == sorted(["source.json", "asr.wav", "original.wav", "transcript.json", "translation.json",
                                    "dub_track.wav", "speech.json", "mix.opus", "mix.json"]), work
     assert keys(s3_server, f"dub/jobs/{job.id}/outputs/") == [f"dub/jobs/{job.id}/outputs/{n}" for n in outputs]
@@ -269,6 +272,34 @@ def test_whole_dub_on_s3(s3_dub, s3_server, espeak_video):
         assert b.get(f"/api/jobs/{job.id}/outputs/{name}").status_code == 404  # another user's job
     with stack.client("root") as admin:
         assert admin.get("/api/runtime/state").json()["storage"]["files"] == "s3"
+
+
+@pytest.mark.slow
+def test_redub_on_s3_reuses_the_segment_cache(s3_dub, s3_server):
+    """A re-dub on S3 after one segment's text changed: only that segment is synthesised, the rest come from
+    the cache objects, the stale cache object is deleted and no scratch is left behind."""
+    from dubbing_assets.definitions import defs
+
+    stack, job, _ = s3_dub
+    st = MediaStorage()
+    translation = st.read_json(job.id, "translation.json")
+    translation["segments"][0]["text"] = "Buenas tardes a todos."
+    st.write_json(job.id, "translation.json", translation)
+    before = keys(s3_server, f"dub/jobs/{job.id}/work/tts_cache/")
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def("dub_job").execute_in_process(
+            instance=instance, partition_key=job.id, raise_on_error=False,
+            asset_selection=[dg.AssetKey(s) for s in ("dubbed_speech", "dubbed_mix", "dubbed_video")])
+    assert result.success
+    mats = materializations(result)
+    assert set(mats) == {"dubbed_speech", "dubbed_mix", "dubbed_video"}
+    n = mats["dubbed_speech"]["segments"]
+    assert (mats["dubbed_speech"]["tts_synthesized"], mats["dubbed_speech"]["tts_reused"]) == (1, n - 1)
+    after = keys(s3_server, f"dub/jobs/{job.id}/work/tts_cache/")
+    assert len(after) == len(before) == n and len(set(after) - set(before)) == 1
+    assert "Buenas tardes a todos." in st.read_json(job.id, "speech.json")["segments"][0]["text"]
+    data = Path(stack.env["DUBBING_DATA_DIR"])
+    assert not list((data / "scratch").rglob("*.wav")) if (data / "scratch").exists() else True
 
 
 @pytest.mark.slow
