@@ -47,8 +47,12 @@ def run_request_sensor(context: dg.SensorEvaluationContext, job_store: JobStore)
     existing = context.instance.get_existing_dynamic_partitions(dub_jobs.name, [r.job_id for r in requests])
     runs = []
     for request in requests:
-        job = job_store.get_job(request.job_id)
-        if job.expired_at is not None or job.id not in existing:
+        try:
+            job = job_store.get_job(request.job_id)
+        except KeyError:
+            context.log.warning(f"request {request.key}: no job {request.job_id}; not launched")
+            continue
+        if job.expired_at is not None or job.artifacts_expired_at is not None or job.id not in existing:
             context.log.warning(f"request {request.key}: job {job.id} has expired or has no partition; not launched")
             continue
         if any(s not in STAGES for s in request.stages):

@@ -160,3 +160,43 @@ def test_the_sensors_pools_are_the_stages_pools():
 
     pools = {defs.resolve_assets_def(k).op.pool for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert pools - {None} == set(POOLS)
+
+
+def test_run_request_sensor_launches_each_queued_request_once(tmp_path, monkeypatch):
+    """Re-dub and reprocess requests queued in the job store: one RunRequest each, with the request key as run
+    key, the request's stages as the asset selection and the job's tags; a request for an expired job or one
+    without a partition is dropped; asking twice with the same key queues one request."""
+    from sensors import upload_sensor as module
+    from sensors.run_requests import REDUB_STAGES, run_request_sensor, stages_from
+
+    monkeypatch.setattr(module, "_pools_ready", set())
+    store = JobStore(database_url=f"sqlite:///{tmp_path}/jobs.db")
+    jobs = [store.create_job(input_path=f"/u{i}", filename=f"v{i}.mp4", source_lang="en", target_lang="es",
+                             owner=f"user{i}", upload_id=f"{i:032x}") for i in range(4)]
+    first, again = (store.add_run_request(jobs[0].id, kind="redub", stages=REDUB_STAGES, key="redub:a:1",
+                                          reason="segment edits", requested_by="user0") for _ in range(2))
+    assert first[1] is True and again[1] is False and again[0].seq == first[0].seq
+    store.add_run_request(jobs[1].id, kind="reprocess", stages=stages_from("transcript"), key="reprocess:b")
+    store.add_run_request(jobs[2].id, kind="redub", stages=REDUB_STAGES, key="redub:c:1")  # expired below
+    store.add_run_request(jobs[3].id, kind="redub", stages=REDUB_STAGES, key="redub:d:1")  # no partition
+    store.mark_expired(jobs[2].id, artifacts=True)
+
+    def tick(instance, cursor):
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"job_store": store})
+        return run_request_sensor(ctx)
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("dub_jobs", [j.id for j in jobs[:3]])
+        result = tick(instance, None)
+        assert [r.run_key for r in result.run_requests] == ["redub:a:1", "reprocess:b"]
+        redub, reprocess = result.run_requests
+        assert redub.partition_key == jobs[0].id
+        assert [k.to_user_string() for k in redub.asset_selection] == ["dubbed_speech", "dubbed_mix", "dubbed_video"]
+        assert [k.to_user_string() for k in reprocess.asset_selection] == [
+            "transcript", "translation", "dubbed_speech", "dubbed_mix", "dubbed_video"]
+        assert redub.tags["dubbing/origin"] == "redub" and redub.tags["dubbing/request_key"] == "redub:a:1"
+        assert redub.tags["dubbing/user_id"] == "user0" and redub.tags["dubbing/reason"] == "segment edits"
+        assert reprocess.tags["dubbing/origin"] == "reprocess"
+        assert set(instance.event_log_storage.get_concurrency_keys()) >= {"asr", "tts"}
+        later = tick(instance, result.cursor)
+        assert not later.run_requests and later.skip_reason
