@@ -185,7 +185,7 @@ def test_run_request_sensor_launches_each_queued_request_once(tmp_path, monkeypa
         ctx = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"job_store": store})
         return run_request_sensor(ctx)
 
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides={"concurrency": {"pools": {"default_limit": 1}}}) as instance:
         instance.add_dynamic_partitions("dub_jobs", [j.id for j in jobs[:3]])
         result = tick(instance, None)
         assert [r.run_key for r in result.run_requests] == ["redub:a:1", "reprocess:b"]
