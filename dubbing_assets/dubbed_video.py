@@ -54,8 +54,10 @@ def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAG
             tgt_srt, tgt_vtt = subtitles.write_pair(
                 build / f"{stem}.srt", speech["segments"], "text", start_key="placed_start",
                 end_key="placed_end")
-            src_srt, src_vtt = subtitles.write_pair(
-                build / f"{output_stem(job.filename)}.{job.source_lang}.srt", transcript["segments"], "text")
+            src_stem = f"{output_stem(job.filename)}.{job.source_lang}"
+            if src_stem == stem:  # re-voiced in its own language: the original's subtitles must not overwrite
+                src_stem += ".original"
+            src_srt, src_vtt = subtitles.write_pair(build / f"{src_stem}.srt", transcript["segments"], "text")
             files += [tgt_srt, tgt_vtt, src_srt, src_vtt]
             subs = [
                 media.Track(tgt_srt, job.target_lang, media.language_name(job.target_lang)),

@@ -126,3 +126,18 @@ def test_mp4_container_option(espeak_video, tmp_path):
     assert [s["codec_name"] for s in info["streams"]] == ["h264", "aac", "aac", "mov_text", "mov_text"]
     assert [s["tags"]["language"] for s in info["streams"][1:]] == ["spa", "eng", "spa", "eng"]
     assert info["streams"][1]["disposition"]["default"] == 1
+
+
+@pytest.mark.slow
+def test_revoicing_in_the_same_language_keeps_both_subtitle_pairs(espeak_video, tmp_path):
+    """English to English (translator passthrough, a new voice): the dubbed and the original subtitles used to
+    get the same file name, so the export failed; the original's are now <stem>.en.original.srt/.vtt."""
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        job, result = run_dub(instance, espeak_video, target="en",
+                              options={"translator": "passthrough", "tts_engine": "espeak"})
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    stem = espeak_video.stem
+    names = sorted(o.name for o in storage().outputs(job.id))
+    assert names == sorted([f"{stem}.en.mkv", f"{stem}.en.srt", f"{stem}.en.vtt", f"{stem}.en.original.srt",
+                            f"{stem}.en.original.vtt"])
+    assert check_results(result) == {"no_overlap": True, "output_streams": True}
