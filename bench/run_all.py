@@ -32,6 +32,8 @@ BENCHMARKS = [
      "p50 <= 8 s; p95 <= 15 s"),
     ("api_load", "api_load.py", "5: job view and upload status, 50 clients, 10,000 jobs",
      "p99 <= 50 ms; 0 errors"),
+    ("redub", "redub.py", "7: a re-dub after a one-segment edit vs the whole dub and vs no segment cache",
+     "reported (no target set)"),
     ("partition_scale", "partition_scale.py", "6: 10,000 partitions: sensor tick, job list, timeline",
      "tick <= 2 s; list <= 100 ms"),
 ]
