@@ -82,7 +82,7 @@ _env.globals["static_version"] = _static_version()
 STATE_TEXT = {
     "submitted": "Waiting to start", "queued": "Queued", "running": "Running", "done": "Done",
     "failed": "Failed", "cancelling": "Cancelling", "cancelled": "Cancelled", "pending": "Pending",
-    "skipped": "Skipped",
+    "skipped": "Skipped", "expired": "Expired",
 }
 LANG_NAMES = dict(LANGUAGES)
 
@@ -103,7 +103,7 @@ def metadata_text(metadata: dict | None) -> str:
 # JSON for data- attributes: autoescaping turns it into attribute-safe text, the browser turns it back
 _env.globals.update(stage_labels=dv.STAGE_LABELS, stage_labels_json=json.dumps(dv.STAGE_LABELS),
                     state_text=STATE_TEXT, state_text_json=json.dumps(STATE_TEXT),
-                    lang_names=LANG_NAMES, lang_names_json=json.dumps(LANG_NAMES))
+                    lang_names=LANG_NAMES, lang_names_json=json.dumps(LANG_NAMES), run_states=dv.STATE_OF_RUN)
 _env.filters["dur"] = duration_text
 _env.filters["meta"] = metadata_text
 
