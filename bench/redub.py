@@ -55,7 +55,7 @@ def make_talk(workdir: Path, seconds: float) -> tuple[Path, float]:
     sentences, i = [], 0
     while len(sentences) * 4.6 < seconds:
         base = mediagen.SCRIPT[i % len(mediagen.SCRIPT)]
-        sentences.append(f"Part {i + 1}. {base}")
+        sentences.append(f"{base[:-1]}, part {i + 1}.")  # one sentence: a "Part N." of its own would repeat
         i += 1
     wav, _ = mediagen.speech_track(sentences, workdir, voice="espeak")
     return mediagen.make_video(wav, workdir / "talk.mp4"), mediagen.wav_seconds(wav)
