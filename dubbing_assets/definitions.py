@@ -14,6 +14,7 @@ from dubbing_assets import (
 from dubbing_assets.jobs import dub_job
 from dubbing_assets.resources import build_defs
 from sensors.notify import NOTIFY_SENSORS
+from sensors.retention import retention_sensor
 from sensors.run_requests import run_request_sensor
 from sensors.run_status import cancelled_run_cleanup
 from sensors.upload_sensor import upload_sensor
@@ -31,7 +32,7 @@ def stage_defs() -> dg.Definitions:
             dubbed_video.dubbed_video,
         ],
         jobs=[dub_job],
-        sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, *NOTIFY_SENSORS],
+        sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, retention_sensor, *NOTIFY_SENSORS],
     )
 
 

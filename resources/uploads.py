@@ -606,6 +606,28 @@ class UploadStore:
                         s3_ok = self._remove_s3(row)
         return len(rows)
 
+    def expire_input(self, upload_id: str) -> bool:
+        """Retention: the bytes of a completed upload that became a job (the job's input) are deleted, the
+        local file or the S3 object, and the upload is marked expired, so it no longer counts against its
+        owner's quota. Idempotent. S3 unreachable or refusing: raises, and the row stays as it was (the next
+        retention tick tries again). False when there is no such upload."""
+        if not ID_RE.match(upload_id or ""):
+            return False
+        with self.session() as s, s.begin():
+            row = s.get(UploadRow, upload_id, with_for_update=True)
+            if row is None:
+                return False
+            if row.object_key is not None:
+                cfg = s3.settings()
+                if row.s3_upload_id:  # never assembled: abort the multipart upload
+                    self._remove_s3(row, strict=True)
+                else:
+                    s3.client(cfg).delete_object(Bucket=cfg.bucket, Key=row.object_key)  # gone already: no error
+            self._remove_local(row.id)
+            row.state = "expired"
+        self.drop_running_hash(upload_id)
+        return True
+
     def _remove_data(self, row: UploadRow) -> None:
         """The bytes of an upload that is going away (the caller changes its state in the same session)."""
         if row.object_key is not None:

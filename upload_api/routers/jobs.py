@@ -11,6 +11,7 @@ import re
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictBool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from resources import logs, s3, settings
@@ -35,6 +36,28 @@ def owned_job(job_id: str, user: User) -> JobRecord:
     if job.owner != user.id and not user.is_admin:
         raise HTTPException(404, "job not found")
     return job
+
+
+def _day(when) -> str:
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def require_artifacts(job: JobRecord) -> None:
+    """410 Gone once the retention policy removed the job's working files and input (segments, re-dub, retry
+    need them)."""
+    if job.expired_at is not None or job.artifacts_expired_at is not None:
+        when = job.artifacts_expired_at or job.expired_at
+        raise HTTPException(410, f"this job's working files and uploaded input were deleted on {_day(when)} by the "
+                                 f"retention policy (DUBBING_RETENTION_DAYS); it can no longer be edited, re-dubbed "
+                                 f"or retried. Pin a job to keep it.")
+
+
+def require_outputs(job: JobRecord) -> None:
+    """410 Gone once the retention policy removed the job's outputs (the job is expired)."""
+    if job.expired_at is not None:
+        raise HTTPException(410, f"this job's outputs were deleted on {_day(job.expired_at)} by the retention "
+                                 f"policy (DUBBING_OUTPUT_RETENTION_DAYS); the job is expired. Pin a job to keep "
+                                 f"its outputs.")
 
 
 async def get_owned(request: Request, job_id: str, user: User) -> JobRecord:
@@ -94,6 +117,8 @@ def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> d
     if detail:
         view.update({"voice": job.voice, "options": job.options.to_dict(), "upload_id": job.upload_id,
                      "runs": [{"run_id": r.run_id, "status": r.status.value} for r in runs]})
+        view.update({"pinned": job.pinned, **{k: (getattr(job, k).isoformat() if getattr(job, k) else None)
+                                              for k in ("artifacts_expired_at", "expired_at")}})
     return view
 
 
@@ -255,6 +280,7 @@ async def retry(job_id: str, request: Request, user: User = Depends(current_user
     """Re-run a failed job from its failed stage (Dagster re-execution FROM_FAILURE), or a cancelled
     one from the start."""
     job = await get_owned(request, job_id, user)
+    require_artifacts(job)
     from upload_api import workspace
 
     def do_retry():
@@ -270,6 +296,23 @@ async def retry(job_id: str, request: Request, user: User = Depends(current_user
     return {"job_id": job.id, "run_id": run_id}
 
 
+class PinIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pinned: StrictBool
+
+
+@router.put("/{job_id}/pin")
+async def pin(job_id: str, body: PinIn, request: Request, user: User = Depends(current_user)):
+    """Pin a job (the owner or an admin): a pinned job is never expired by the retention policy. Unpin with
+    `{"pinned": false}`. An expired job has nothing left to keep: pinning it is 410."""
+    job = await get_owned(request, job_id, user)
+    if body.pinned:
+        require_outputs(job)
+    await run_in_threadpool(job_store().set_pinned, job.id, body.pinned)
+    logs.audit("job_pinned" if body.pinned else "job_unpinned", pinned=body.pinned, was_pinned=job.pinned)
+    return {"job_id": job.id, "pinned": body.pinned}
+
+
 PRESIGNED = (".mkv", ".mp4")  # subtitles stay on this origin: a <track> must be same-origin
 MEDIA_TYPES = {".mkv": "video/x-matroska", ".mp4": "video/mp4", ".srt": "application/x-subrip", ".vtt": "text/vtt"}
 
@@ -280,6 +323,7 @@ async def download(job_id: str, name: str, request: Request, user: User = Depend
     S3: streamed from the bucket with the same range semantics, or (DUBBING_S3_PRESIGN_DOWNLOADS=true) a 307
     redirect to a presigned URL — always after the ownership check."""
     job = await get_owned(request, job_id, user)
+    require_outputs(job)
     # Only the state and the outputs listing: players send many range requests while seeking.
     state = await run_in_threadpool(lambda: dv.job_state(job, dv.runs_by_job(dagster_instance(), [job.id])[job.id]))
     if state != "done":
