@@ -25,7 +25,7 @@ from resources.tts import TtsError, TtsResource
 from sensors.run_requests import REDUB_STAGES
 from upload_api import dagster_view as dv
 from upload_api.deps import current_user, dagster_instance, job_store, storage
-from upload_api.routers.jobs import get_owned, storage_call
+from upload_api.routers.jobs import get_owned, require_artifacts, storage_call
 
 router = APIRouter(prefix="/api/jobs", tags=["segments"])
 log = logs.logging.getLogger("dubbing.api.segments")
@@ -72,14 +72,6 @@ def tts() -> TtsResource:
 
 def job_activity(job: JobRecord) -> str:
     return dv.job_state(job, dv.runs_by_job(dagster_instance(), [job.id])[job.id])
-
-
-def require_editable_files(job: JobRecord) -> None:
-    """410 once retention removed the job's working files (nothing left to edit or re-dub)."""
-    if job.artifacts_expired_at is not None or job.expired_at is not None:
-        when = (job.artifacts_expired_at or job.expired_at).date().isoformat()
-        raise HTTPException(410, f"this job's working files were removed by the retention policy on {when}; "
-                                 "it can no longer be edited or re-dubbed")
 
 
 def read_segments(job: JobRecord) -> tuple[dict, dict, dict]:
@@ -210,7 +202,7 @@ def apply_edits(job: JobRecord, translation: dict, transcript: dict, duration: f
 async def get_segments(job_id: str, request: Request, user: User = Depends(current_user)):
     """The job's segments: timing, source text, translated text and voice, with the edit revision."""
     job = await get_owned(request, job_id, user)
-    require_editable_files(job)
+    require_artifacts(job)
 
     def read():
         state = job_activity(job)
@@ -225,7 +217,7 @@ async def put_segments(job_id: str, body: SegmentsEdit, request: Request, user: 
     """Save edited segments (only the changed ones need to be sent). 422 names each bad segment and field;
     409 when a run is in progress or `revision` is not the job's current one (someone else saved first)."""
     job = await get_owned(request, job_id, user)
-    require_editable_files(job)
+    require_artifacts(job)
 
     def save():
         with _SAVE_LOCK:
@@ -263,7 +255,7 @@ async def redub(job_id: str, request: Request, user: User = Depends(current_user
     run (dubbed_speech -> dubbed_mix -> dubbed_video) per edit revision; asking again for the same revision
     queues nothing new. Only segments whose text, voice or engine changed are synthesised again."""
     job = await get_owned(request, job_id, user)
-    require_editable_files(job)
+    require_artifacts(job)
 
     def queue():
         current = job_store().get_job(job.id)
