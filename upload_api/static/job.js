@@ -579,6 +579,8 @@ document.addEventListener("DOMContentLoaded", () => {
       first.focus({ preventScroll: true });
       first.closest("li.segment").querySelector('[data-field="error"]').scrollIntoView({ block: "nearest" });
       first.scrollIntoView({ block: "nearest" });
+    } else {
+      $("editor-error").scrollIntoView({ block: "nearest" });
     }
   }
 
@@ -605,10 +607,15 @@ document.addEventListener("DOMContentLoaded", () => {
       ed.busy = false;
       if (e.status === 401) { Dub.toLogin(); return false; }
       if (e.status === 410) { showGone(); return false; }
+      editorStatus("Not saved: your changes are still here.");
       if (e.status === 422) showInvalid(e, changes);
       else Dub.showError($("editor-error"), "your changes were not saved: " + Dub.errorText(e));
-      if (e.status === 409) $("editor-reload-box").hidden = false;
-      editorStatus("Not saved: your changes are still here.");
+      if (e.status === 409) {  // the message is at the top of the editor, far above on a phone
+        $("editor-reload-box").hidden = false;
+        $("editor-reload").focus();
+      } else if (e.status !== 422) {
+        $("editor-error").scrollIntoView({ block: "nearest" });
+      }
       return false;
     } finally {
       ed.busy = false;
@@ -625,9 +632,10 @@ document.addEventListener("DOMContentLoaded", () => {
     editorStatus("Asking for a re-dub…");
     try {
       const r = await Dub.api("POST", base + "/redub", { timeoutMs: 30000 });
-      awaiting = { runs: runCount, until: Date.now() + AWAIT_RUN_MS };
+      // queued: false: this revision was asked for before (its run is under Runs); nothing new to wait for
+      if (r.queued) awaiting = { runs: runCount, until: Date.now() + AWAIT_RUN_MS };
       editorStatus(r.queued ? "Re-dub requested: the new run starts in a few seconds; follow it under Runs."
-        : "This version was already sent for re-dubbing; follow it under Runs.");
+        : "These edits were already sent for re-dubbing (see Runs): change a line and save to re-dub again.");
     } catch (e) {
       if (e.status === 401) return Dub.toLogin();
       if (e.status === 410) showGone();
