@@ -157,6 +157,9 @@ def test_edit_one_segment_and_redub(stack, done_job, tmp_path):
         assert [r["kind"] for r in tl["runs"]] == ["run", "redub"]
         assert [s["stage"] for s in tl["runs"][1]["stages"]] == ["dubbed_speech", "dubbed_mix", "dubbed_video"]
         assert all(s["state"] == "done" for s in tl["runs"][1]["stages"])
+        # a re-dub is a new version of its stages, not another attempt of them
+        assert all(s["attempts"] == 1 for s in tl["stages"]), tl["stages"]
+        assert {s["stage"]: s["run_id"] for s in tl["stages"]}["dubbed_speech"] == redub.run_id
         assert tl["state"] == "done"
 
         # the new export carries the edit: the Spanish subtitle stream (the first) has the new text

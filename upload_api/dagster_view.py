@@ -122,11 +122,12 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
     per_run: dict[str, list[dict]] = {}
     for run in oldest_first:
         own = per_run.setdefault(run.run_id, [])
+        fresh = run_kind(run) in ("redub", "reprocess")  # a new version of its stages, not another attempt
         for stat in instance.get_run_step_stats(run.run_id):
             stage = stages.get(stat.step_key)
             if stage is None:
                 continue
-            stage["attempts"] += max(1, stat.attempts or 1)
+            stage["attempts"] = (0 if fresh else stage["attempts"]) + max(1, stat.attempts or 1)
             stage["run_id"] = run.run_id
             stage["start"], stage["end"] = _ts(stat.start_time), _ts(stat.end_time)
             both = stat.start_time and stat.end_time
