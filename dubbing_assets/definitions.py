@@ -12,6 +12,7 @@ from dubbing_assets import (
     translation,
 )
 from dubbing_assets.jobs import dub_job
+from dubbing_assets.reprocess import reprocess_schedule
 from dubbing_assets.resources import build_defs
 from sensors.notify import NOTIFY_SENSORS
 from sensors.retention import retention_sensor
@@ -32,6 +33,7 @@ def stage_defs() -> dg.Definitions:
             dubbed_video.dubbed_video,
         ],
         jobs=[dub_job],
+        schedules=[reprocess_schedule],
         sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, retention_sensor, *NOTIFY_SENSORS],
     )
 

@@ -82,7 +82,8 @@ def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
     codec, bitrate, suffix = media.MIX_CODECS[job.options.container]
     if speech["no_speech"]:
         storage.write_json(job.id, "mix.json", {"no_speech": True})
-        return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix"})
+        return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix",
+                                              **media.version_metadata()})
     duration = storage.read_json(job.id, "source.json")["duration_s"]
     intervals = [(s["placed_start"], s["placed_end"]) for s in speech["segments"]]
     opts = job.options
@@ -111,4 +112,5 @@ def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
         "duck_db": opts.duck_db,
         "ducked_s": round(sum(e - s for s, e in intervals), 2),
         "mix_s": t.seconds,
+        **media.version_metadata(),
     })

@@ -95,6 +95,7 @@ def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAG
             "no_speech": no_speech,
             "note": "no speech found: original audio only" if no_speech else "dubbed",
             "export_s": t.seconds,
+            **media.version_metadata(),
         },
         check_results=[check],
     )

@@ -33,4 +33,5 @@ def extract_audio(job_id: str, storage: MediaStorage) -> dg.MaterializeResult:
         "asr_rate_hz": ASR_RATE,
         "mix_rate_hz": MIX_RATE,
         "extract_s": t.seconds,
+        **media.version_metadata(),
     })

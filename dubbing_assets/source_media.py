@@ -38,4 +38,5 @@ def probe_source(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
         "size_mb": round(info.size_bytes / 1e6, 2),
         "languages": f"{job.source_lang} -> {job.target_lang}",
         "probe_s": t.seconds,
+        **media.version_metadata(),  # engine, engine_version, version_tag (resources/versions.py)
     })

@@ -36,6 +36,7 @@ def transcribe_job(job: JobRecord, storage: MediaStorage, asr: AsrResource,
         "words": words,
         "no_speech": not segments,
         "mean_confidence": round(confidence, 3),
+        **asr.version_metadata(),  # engine, engine_version, model, version_tag (resources/versions.py)
         "model": info["model"],
         "model_load_s": info["model_load_s"],
         "transcribe_s": info["transcribe_s"],

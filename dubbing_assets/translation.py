@@ -5,7 +5,7 @@ from dubbing_assets.stage import GROUP, Timer, stage_errors
 from dubbing_assets.transcript import transcript
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
-from resources.translate import TranslatorResource
+from resources.translate import TranslatorResource, version_metadata
 
 
 @dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"python"}, deps=[transcript],
@@ -37,5 +37,6 @@ def translate_job(job: JobRecord, storage: MediaStorage, translator: TranslatorR
         "source_chars": sum(len(s["source_text"]) for s in out),
         "target_chars": sum(len(s["text"]) for s in out),
         "translate_s": t.seconds,
+        **version_metadata(backend, job.source_lang, job.target_lang),  # engine, engine_version, model, version_tag
         "preview": dg.MetadataValue.text(" ".join(s["text"] for s in out)[:500]),
     })

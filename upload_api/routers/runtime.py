@@ -8,13 +8,13 @@ import shutil
 import subprocess
 import time
 from importlib import metadata
-from typing import Annotated
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from resources import disk, logs, readiness
 from resources.accounts import User
@@ -172,6 +172,42 @@ def _queue() -> dict:
 
 class PrewarmIn(BaseModel):
     models: list[Annotated[str, Field(max_length=200)]] = Field(min_length=1, max_length=20)
+
+
+class ReprocessIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Literal["all", "transient", "outdated"] = "all"
+    dry_run: StrictBool = False
+    limit: StrictInt = Field(10, ge=1, le=100)
+
+
+def _reprocess(body: ReprocessIn, user: User) -> dict:
+    """The reprocessing rule (dubbing_assets/reprocess.py) now; each pick queued for the run request sensor
+    under its key, unless this is a dry run."""
+    from dubbing_assets import reprocess
+
+    store = job_store()
+    picks = reprocess.pick(dagster_instance(), store, reprocess.Engines.from_env(), rule=body.rule, limit=body.limit)
+    picked = []
+    for p in picks:
+        queued = False
+        if not body.dry_run:
+            _, queued = store.add_run_request(p.job_id, kind=reprocess.KIND, stages=p.stages, key=p.key,
+                                              reason=p.reason, requested_by=user.id)
+        picked.append({**p.as_dict(), "queued": queued})
+    return {"dry_run": body.dry_run, "rule": body.rule, "picked": picked}
+
+
+@router.post("/runtime/reprocess")
+async def runtime_reprocess(body: ReprocessIn, user: User = Depends(require_admin)):
+    """Evaluate the reprocessing rule now (the one reprocess_schedule runs) and, unless `dry_run`, queue a
+    run for each pick (launched by the run request sensor, one run per key). Admins."""
+    result = await run_in_threadpool(_reprocess, body, user)
+    logs.audit("reprocess_requested", rule=body.rule, dry_run=body.dry_run, limit=body.limit,
+               picked=len(result["picked"]), queued=sum(1 for p in result["picked"] if p["queued"]),
+               keys=",".join(p["key"] for p in result["picked"])[:2000])
+    return JSONResponse(result, headers=NO_STORE)
 
 
 @router.get("/runtime/state")
