@@ -29,7 +29,7 @@ from dubbing_assets.translation import translation
 from resources import media
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
-from resources.tts import TtsResource
+from resources.tts import TtsResource, version_metadata
 
 GAP_S = 0.05  # silence kept between one dubbed segment and the next
 FADE_S = 0.03
@@ -193,8 +193,7 @@ def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
     speeds = [p.speed for p in placements] or [1.0]
     return dg.MaterializeResult(
         metadata={
-            "engine": engine.name,
-            "engine_version": engine.version,
+            **version_metadata(engine),  # engine, engine_version, model (the voice), version_tag (reprocess)
             "segments": len(placements),
             "tts_synthesized": synthesized,
             "tts_reused": reused,

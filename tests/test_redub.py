@@ -220,3 +220,25 @@ def test_segment_cache_keys_on_text_voice_and_engine_version(tmp_path, monkeypat
     # a damaged cache entry is spoken again rather than failing the stage
     next(cache.iterdir()).write_bytes(b"not a wav")
     assert speak()[0] >= 1
+
+
+def test_reprocess_rule_reads_what_the_real_stages_recorded(stack, done_job, monkeypatch):
+    """After the re-dub (the job now has edits), the reprocess rule compares the version tags the real stages
+    recorded with the current engines: nothing to do while they match; an upgraded espeak-ng makes the job
+    outdated from dubbed_speech on (never from the transcript: that would throw the user's edits away)."""
+    from dubbing_assets import reprocess
+    from resources import tts as tts_mod
+    from resources.jobstore import JobStore
+
+    inst = instance(stack)
+    store = JobStore()
+    assert store.get_job(done_job).edit_revision >= 1
+    picks = [p for p in reprocess.pick(inst, store, reprocess.Engines.from_env(), rule="outdated")
+             if p.job_id == done_job]
+    assert picks == []
+    real = tts_mod.Espeak._version()
+    monkeypatch.setattr(tts_mod.Espeak, "_version", staticmethod(lambda: real + ".1"))
+    picks = [p for p in reprocess.pick(inst, store, reprocess.Engines.from_env(), rule="outdated")
+             if p.job_id == done_job]
+    assert [(p.rule, p.stages) for p in picks] == [("outdated", ["dubbed_speech", "dubbed_mix", "dubbed_video"])]
+    assert picks[0].key.startswith(f"reprocess:outdated:{done_job}:dubbed_speech:")
