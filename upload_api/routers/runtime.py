@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import platform
-import shutil
-import subprocess
 import time
-from importlib import metadata
 from typing import Annotated, Literal
 
 import sqlalchemy as sa
@@ -16,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from resources import disk, logs, readiness
+from resources import disk, logs, readiness, versions
 from resources.accounts import User
 from resources.jobstore import JobOptions
 from resources.tts import shown
@@ -59,34 +55,14 @@ async def health():
 
 # --- runtime state, queue and model readiness (admins) ---------------------------------------------
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-@functools.cache
-def _tool_version(cmd: tuple[str, ...], index: int) -> str | None:
-    """The version word of a tool's --version line (run once per process)."""
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    words = out.split()
-    return words[index] if len(words) > index else None
-
-
 def _versions() -> dict:
     return {
         "python": platform.python_version(),
-        **{dist: _version(dist) for dist in ("dagster", "dagster-webserver", "dagster-postgres", "fastapi", "uvicorn",
-                                             "sqlalchemy", "faster-whisper", "ctranslate2", "piper-tts",
-                                             "argostranslate", "coqui-tts")},
-        "ffmpeg": _tool_version(("ffmpeg", "-version"), 2),
-        "espeak-ng": _tool_version(("espeak-ng", "--version"), 3),
+        **{dist: versions.package_version(dist)
+           for dist in ("dagster", "dagster-webserver", "dagster-postgres", "fastapi", "uvicorn", "sqlalchemy",
+                        "faster-whisper", "ctranslate2", "piper-tts", "argostranslate", "coqui-tts")},
+        "ffmpeg": versions.tool_version(("ffmpeg", "-version"), 2),
+        "espeak-ng": versions.tool_version(("espeak-ng", "--version"), 3),
     }
 
 
