@@ -56,13 +56,9 @@ class Espeak:
         return shutil.which("espeak-ng") is not None
 
     @staticmethod
-    @functools.cache  # once per process: it runs espeak-ng
     def _version() -> str:
-        if not Espeak.installed():
-            return "missing"
-        out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
-        parts = out.split()
-        return parts[3] if len(parts) > 3 else out.strip()
+        """espeak-ng's version (run once per process), "missing" when it is not installed."""
+        return versions.tool_version(("espeak-ng", "--version"), 3) or "missing"
 
     @staticmethod
     @functools.cache
