@@ -318,8 +318,9 @@ class NtfyResource(dg.ConfigurableResource):
     def job_message(self, event: str, *, topic: str, priority: int, job_id: str, filename: str,
                     source_lang: str, target_lang: str, media_seconds: float | None = None,
                     run_seconds: float | None = None, stage_label: str | None = None,
-                    error: str | None = None, download: str | None = None) -> dict[str, Any]:
-        """The ntfy message for a finished, failed or cancelled dub job."""
+                    error: str | None = None, download: str | None = None, what: str = "Dub") -> dict[str, Any]:
+        """The ntfy message for a finished, failed or cancelled dub job; `what` names the run ("Dub", or
+        "Re-dub" after a segment edit, "Reprocessed dub")."""
         langs = f"{source_lang} → {target_lang}"
         facts = [langs]
         if media_seconds is not None:
@@ -328,15 +329,15 @@ class NtfyResource(dg.ConfigurableResource):
             facts.append(f"took {clock(run_seconds)}")
         short = filename if len(filename) <= 120 else filename[:117] + "…"
         if event == "success":
-            title = f"Dub ready: {short} → {target_lang}"
+            title = f"{what} ready: {short} → {target_lang}"
             body = f"{filename}\n" + " · ".join(facts)
             tags = ["white_check_mark", "clapper"]
         elif event == "failure":
-            title = f"Dub failed at {stage_label}: {short}" if stage_label else f"Dub failed: {short}"
+            title = f"{what} failed at {stage_label}: {short}" if stage_label else f"{what} failed: {short}"
             body = f"{filename}\n" + " · ".join(facts) + (f"\n{error}" if error else "")
             tags = ["x", "clapper"]
         elif event == "cancel":
-            title = f"Dub cancelled: {short}"
+            title = f"{what} cancelled: {short}"
             body = f"{filename}\n" + " · ".join(facts)
             tags = ["no_entry_sign", "clapper"]
         else:

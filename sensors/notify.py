@@ -90,10 +90,13 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
         event, topic=topic, priority=settings.priority, job_id=job.id, filename=job.filename,
         source_lang=job.source_lang, target_lang=job.target_lang, media_seconds=media_seconds,
         run_seconds=run_seconds, stage_label=STAGE_LABELS.get(detail.get("stage") or "", detail.get("stage")),
-        error=detail.get("message"), download=download)
+        error=detail.get("message"), download=download, what=RUN_NAMES.get(run.tags.get("dubbing/origin", ""), "Dub"))
     wrote = store.enqueue(run.run_id, event, job_id=job.id, user_id=job.owner, topic=topic, payload=payload,
                           status=PENDING)
     return f"queued for {topic}" if wrote else "already queued"
+
+
+RUN_NAMES = {"redub": "Re-dub", "reprocess": "Reprocessed dub"}  # by the run's dubbing/origin tag
 
 
 def _notify_sensor(event: str, status: dg.DagsterRunStatus) -> dg.SensorDefinition:

@@ -55,6 +55,7 @@ def test_messages_have_title_click_actions_and_stay_within_ntfy_limits():
     assert failed["title"] == "Dub failed at TTS: talk.mp4" and "espeak-ng crashed" in failed["message"]
     assert message(event="failure")["title"] == "Dub failed: talk.mp4"
     assert message(event="cancel")["title"] == "Dub cancelled: talk.mp4"
+    assert message(what="Re-dub")["title"] == "Re-dub ready: talk.mp4 → es"  # a re-dub after a segment edit
     huge = message(event="failure", stage_label="ASR", error="é" * 10_000, filename="ü" * 300 + ".mp4")
     assert len(huge["message"].encode()) <= 4096 and len(huge["title"]) <= 200
     bare = NtfyResource(url="http://x").job_message("success", topic="t", priority=3, job_id="j", filename="a",
