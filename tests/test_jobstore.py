@@ -130,7 +130,7 @@ def check_migrations(url: str) -> None:
 
     assert set(jobstore.Base.metadata.tables) == {"dub_jobs", "dub_users", "dub_tokens", "dub_sessions", "dub_uploads",
                                                   "dub_notify_settings", "dub_notify_outbox", "dub_login_failures",
-                                                  "dub_rate_marks"}
+                                                  "dub_rate_marks", "dub_run_requests"}
     for name, table in jobstore.Base.metadata.tables.items():
         assert columns[name] == {c.name for c in table.columns}, name
     assert {"seq", "id", "upload_id", "owner", "input_path", "source_lang", "target_lang"} <= columns["dub_jobs"]
