@@ -2,17 +2,26 @@
 driving Debian's Chromium at a phone's size against a live upload API (the `api` fixture: uvicorn,
 users alice/bob and root). An admin sees every engine and model, ready or not and why, prewarms a
 voice and the speech model (a refused prewarm shows the server's reason); a user gets the 403 page,
-and the upload wizard refuses a language pair this server cannot dub before uploading anything.
-Screenshots go to tests/artifacts/models-*.png."""
+and the upload wizard refuses a language pair this server cannot dub before uploading anything. The
+Reprocessing panel at 360 px: an admin previews the rule's picks (a real job whose run failed without a
+stage failure, in the stack's job store and Dagster instance), queues it, and asking again queues nothing
+twice. Screenshots go to tests/artifacts/models-*.png."""
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from playwright.sync_api import expect
 
+from resources.jobstore import JobStore
+from sensors.run_requests import stages_from
+from test_redub_browser import overflowing
+from test_reprocess import new_job, run_of
 from test_ui_browser import Watch, login, shot, small_targets
 
 pytestmark = pytest.mark.slow
@@ -20,6 +29,8 @@ pytestmark = pytest.mark.slow
 PHONE = {"width": 390, "height": 844}
 ARTIFACTS = Path(__file__).parent / "artifacts"
 PREWARM = "**/api/runtime/models/prewarm"
+REPROCESS = "**/api/runtime/reprocess"
+NARROW = {"width": 360, "height": 780}
 
 
 def new_page(browser, api):
@@ -136,5 +147,139 @@ def test_users_get_the_403_page_and_the_wizard_refuses_an_unready_pair(api, brow
     expect(page.locator("#langs-error")).to_be_hidden()
     page.wait_for_url(re.compile(r"/ui/jobs/j[0-9a-f]{32}$"), timeout=60_000)
     assert any("/api/uploads/init" in c for c in calls)
+    assert watch.unexpected() == []
+    ctx.close()
+
+
+def failed_job(api, tmp_path) -> tuple[str, str]:
+    """A job of alice's (from an upload) whose only run failed without a stage failure, as when its run worker
+    died: the rule picks it as transient. In the stack's job store and Dagster instance: (job id, run id)."""
+    assert os.environ["DAGSTER_HOME"] == api.env["DAGSTER_HOME"]
+    store = JobStore()
+    instance = dg.DagsterInstance.from_config(api.env["DAGSTER_HOME"])
+    try:
+        job = new_job(store, instance, tmp_path, owner=api.users["alice"].id, upload_id=secrets.token_hex(16))
+        run = run_of(instance, job, dg.DagsterRunStatus.FAILURE)
+    finally:
+        instance.dispose()
+    return job.id, run.run_id
+
+
+def test_admin_previews_and_queues_a_reprocess(api, browser, tmp_path):
+    job_id, run_id = failed_job(api, tmp_path)
+    key = f"reprocess:transient:{run_id}"
+    reason = f"transient: source_media failed (the run failed without a stage failure) in run {run_id}"
+    with api.client("alice") as alice:
+        refused = alice.post("/api/runtime/reprocess", json={"rule": "transient", "dry_run": True})
+    assert refused.status_code == 403, refused.text
+
+    # a user: no Models page, so no panel
+    ctx, page = new_page(browser, api)
+    login(page, "alice")
+    assert page.goto("/ui/models").status == 403
+    expect(page.get_by_role("heading", level=1)).to_have_text("Admins only")
+    expect(page.locator("#reprocess")).to_have_count(0)
+    ctx.close()
+
+    ctx, page = new_page(browser, api)
+    page.set_viewport_size(NARROW)
+    watch = Watch(page)
+    login(page, "root")
+    page.goto("/ui/models")
+    panel = page.locator("#reprocess")
+    expect(panel.get_by_role("heading", level=2)).to_have_text("Reprocessing")
+    expect(panel.locator("#reprocess-schedule")).to_contain_text("by itself every 15 minutes")
+    expect(panel.locator("#reprocess-schedule")).to_contain_text("DUBBING_REPROCESS_CRON: */15 * * * *")
+    preview = panel.get_by_role("button", name="Preview")
+    run_now = panel.get_by_role("button", name="Reprocess these now")
+    expect(run_now).to_be_disabled()  # preview first
+    status, error = page.locator("#reprocess-status"), page.locator("#reprocess-error")
+    expect(status).to_have_attribute("aria-live", "polite")
+    expect(error).to_have_attribute("role", "alert")
+
+    # an out-of-range limit is refused in the page, at the field
+    limit = panel.get_by_label("At most")
+    expect(limit).to_have_value("10")
+    limit.fill("101")
+    preview.click()
+    expect(error).to_have_text("Error: “At most” must be a whole number from 1 to 100.")
+    expect(limit).to_be_focused()
+    expect(limit).to_have_attribute("aria-invalid", "true")
+    limit.fill("100")
+    expect(error).to_be_hidden()
+
+    # by keyboard: the rule, the limit, then Enter on Preview; nothing is queued by a preview
+    rule = panel.get_by_label("Which jobs")
+    rule.select_option("transient")
+    rule.focus()
+    page.keyboard.press("Tab")
+    expect(limit).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(preview).to_be_focused()
+    with page.expect_response(REPROCESS) as answer:
+        page.keyboard.press("Enter")
+    assert answer.value.request.post_data_json == {"rule": "transient", "limit": 100, "dry_run": True}
+    expect(status).to_have_text("Preview, nothing queued yet: 1 job would run again.")
+    item = panel.locator(f'#reprocess-list li[data-job-id="{job_id}"]')
+    expect(panel.locator("#reprocess-list li")).to_have_count(1)
+    expect(item.locator('[data-field="reason"]')).to_have_text(reason)
+    expect(item.locator('[data-field="rule"]')).to_have_text("Transient failure")
+    expect(item.locator('[data-field="from"]')).to_have_text("Runs again from: Probe (source_media)")
+    expect(item.get_by_role("link", name=job_id)).to_have_attribute("href", f"/ui/jobs/{job_id}")
+    expect(item.locator('[data-field="queued"]')).to_have_count(0)
+    expect(preview).to_be_focused()
+    expect(run_now).to_be_enabled()
+    assert JobStore().run_requests_of(job_id) == []
+
+    # 360 px: nothing sideways, touch-sized controls and job links
+    assert overflowing(page) == []
+    assert small_targets(page) == []
+    assert item.get_by_role("link").bounding_box()["height"] >= 44
+    panel.scroll_into_view_if_needed()
+    panel.screenshot(path=str(ARTIFACTS / "models-06-reprocess-preview-360px.png"))
+
+    # changing the rule makes the preview stale
+    rule.select_option("all")
+    expect(run_now).to_be_disabled()
+    expect(panel.locator("#reprocess-list")).to_be_hidden()
+    preview.click()
+    expect(item.locator('[data-field="reason"]')).to_have_text(reason)
+
+    # reprocess now: queued for the run request sensor, as a "reprocess" request by root
+    with page.expect_response(REPROCESS) as answer:
+        run_now.click()
+    assert [(p["job_id"], p["key"], p["queued"]) for p in answer.value.json()["picked"]] == [(job_id, key, True)]
+    expect(status).to_have_text("Queued 1 job: the run request sensor starts it within seconds.")
+    expect(item.locator('[data-field="queued"]')).to_have_text("Queued")
+    requests = JobStore().run_requests_of(job_id)
+    assert [(r.kind, r.key, r.stages, r.requested_by) for r in requests] == [
+        ("reprocess", key, stages_from("source_media"), api.users["root"].id)]
+    assert overflowing(page) == []
+    panel.screenshot(path=str(ARTIFACTS / "models-07-reprocess-queued-360px.png"))
+
+    # again: the server does not pick a queued key twice; the page lists the job as already queued
+    with page.expect_response(REPROCESS) as answer:
+        run_now.click()
+    assert job_id not in {p["job_id"] for p in answer.value.json()["picked"]}
+    expect(status).to_have_text("Queued nothing new. 1 job was already queued before.")
+    expect(item.locator('[data-field="queued"]')).to_have_text("Already queued before")
+    assert len(JobStore().run_requests_of(job_id)) == 1
+
+    # errors, with the server's detail: a 403 (the body alice's request got), then no network
+    page.route(REPROCESS, lambda route: route.fulfill(status=403, json=refused.json()))
+    preview.click()
+    expect(error).to_have_text(f"Error: Preview: {refused.json()['detail']} (HTTP 403)")
+    expect(status).to_have_text("")
+    shot(page, "models-08-reprocess-403-360px")
+    page.unroute(REPROCESS)
+    page.route(REPROCESS, lambda route: route.abort())
+    run_now.click()
+    expect(error).to_have_text("Error: Reprocess: No connection to the server: the network connection failed.")
+    page.unroute(REPROCESS)
+    assert len(JobStore().run_requests_of(job_id)) == 1
+    preview.click()
+    expect(error).to_be_hidden()
+    expect(status).to_have_text("Nothing to reprocess for this rule now.")
+    expect(panel.locator("#reprocess-list")).to_be_hidden()
     assert watch.unexpected() == []
     ctx.close()

@@ -244,7 +244,7 @@ MODEL_GROUPS = [("asr", "Speech recognition"), ("translation", "Translation"), (
 @router.get("/ui/models")
 async def models_page(request: Request):
     """Admins: every engine and model, ready or not and why (the report of GET /api/runtime/models),
-    with prewarm buttons (models.js)."""
+    with prewarm buttons and the Reprocessing panel (models.js)."""
     from resources import readiness
 
     user = await page_user(request)
@@ -252,4 +252,22 @@ async def models_page(request: Request):
         return await admin_page(request, "models.html", "Models")  # the login redirect or the 403 page
     report = await run_in_threadpool(readiness.report)
     groups = [(kind, label, [m for m in report["models"] if m["kind"] == kind]) for kind, label in MODEL_GROUPS]
-    return render(request, "models.html", title="Models", report=report, groups=groups)
+    return render(request, "models.html", title="Models", report=report, groups=groups,
+                  reprocess=await run_in_threadpool(reprocess_settings))
+
+
+def reprocess_settings() -> dict:
+    """What the Reprocessing panel of /ui/models says about reprocess_schedule (dubbing_assets/reprocess.py)."""
+    import re
+
+    from dubbing_assets import reprocess
+
+    cron = reprocess.cron()
+    every = re.fullmatch(r"\*(?:/(\d+))? \* \* \* \*", cron)
+    if every:
+        n = int(every.group(1) or 1)
+        text = "every minute" if n == 1 else f"every {n} minutes"
+    else:
+        text = "on the schedule"
+    return {"cron": cron, "cron_text": text, "retry_budget": reprocess.retry_budget(),
+            "max_per_tick": reprocess.max_per_tick()}
