@@ -80,7 +80,10 @@ def make_talk(folder: Path, sentences: int = 2, name: str = "talk.mp4") -> Path:
     import mediagen
 
     folder.mkdir(parents=True, exist_ok=True)
-    script = (mediagen.SCRIPT * (1 + sentences // len(mediagen.SCRIPT)))[:sentences]
+    # every sentence unique: the TTS stage's segment cache would speak a repeated one only once, and the gates
+    # that cancel or kill a run "during a long stage" need the stages as long as the talk
+    script = [s if i < len(mediagen.SCRIPT) else f"{s[:-1]}, part {i // len(mediagen.SCRIPT) + 1}."
+              for i, s in enumerate((mediagen.SCRIPT * (1 + sentences // len(mediagen.SCRIPT)))[:sentences])]
     wav, _ = mediagen.speech_track(script, folder, voice="espeak", pause=0.8)
     return mediagen.make_video(wav, folder / name)
 
