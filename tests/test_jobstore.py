@@ -310,3 +310,20 @@ def test_postgres_fresh_database_migrated_by_several_processes_at_once(pg_url):
     with engine.connect() as conn:
         assert conn.execute(sa.text("select version_num from dubbing_alembic_version")).scalar_one() == HEAD
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_edit_revision_and_run_requests_are_race_free(pg_url):
+    """Two API processes saving a job's segments at once both read revision N: the compare-and-set lets one of
+    them have N+1 and tells the other (409). Many callers queueing the same run request key queue it once."""
+    import concurrent.futures
+
+    store = JobStore(database_url=pg_url)
+    job = store.create_job(input_path="/x.mp4", filename="x.mp4", source_lang="en", target_lang="es")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        bumps = list(pool.map(lambda _: store.bump_revision(job.id, 0), range(8)))
+        queued = list(pool.map(lambda _: store.add_run_request(job.id, kind="redub", stages=["dubbed_speech"],
+                                                               key=f"redub:{job.id}:1")[1], range(8)))
+    assert sorted(bumps, key=str) == [1] + [None] * 7
+    assert store.get_job(job.id).edit_revision == 1
+    assert queued.count(True) == 1 and len(store.run_requests_of(job.id)) == 1
