@@ -46,7 +46,7 @@ def cancel_checkpoints(context: dg.AssetExecutionContext):
 
 
 def _stop_if_cancelled(context: dg.AssetExecutionContext) -> None:
-    run = context.instance.get_run_by_id(context.run.run_id)
+    run = context.instance.get_run_by_id(context.run_id)
     if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
         from dagster._core.errors import DagsterExecutionInterruptedError
 
