@@ -15,7 +15,7 @@ import numpy as np
 from dubbing_assets.dubbed_speech import dubbed_speech
 from dubbing_assets.extracted_audio import MIX_RATE
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, Timer, cancel_checkpoints, stage_errors
+from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
@@ -73,8 +73,7 @@ def mix_to_wav(original, dub, out, envelope: np.ndarray) -> None:
           description="Original audio ducked under the dub, loudness-normalised (EBU R128), encoded.")
 def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
                storage: MediaStorage) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return mix_job(job_store.get_job(context.partition_key), storage)
+    return mix_job(job_store.get_job(context.partition_key), storage)
 
 
 def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:

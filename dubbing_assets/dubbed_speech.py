@@ -24,7 +24,7 @@ import numpy as np
 from dubbing_assets.checks import NO_OVERLAP, no_overlap_check
 from dubbing_assets.extracted_audio import MIX_RATE
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, cancel_checkpoints, log_progress, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, log_progress, stage_errors
 from dubbing_assets.translation import translation
 from resources import media
 from resources.jobstore import JobRecord, JobStore
@@ -124,8 +124,7 @@ def place(track: np.ndarray, fitted: Path, seg: dict, raw: Path, natural: float,
           description="The translation spoken by the TTS engine, each segment fitted to its original slot.")
 def dubbed_speech(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                   tts: TtsResource) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return speak_job(job_store.get_job(context.partition_key), storage, tts, log=context.log)
+    return speak_job(job_store.get_job(context.partition_key), storage, tts, log=context.log)
 
 
 def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,

@@ -12,7 +12,7 @@ import dagster as dg
 from dubbing_assets.checks import OUTPUT_STREAMS, output_streams_check
 from dubbing_assets.dubbed_mix import dubbed_mix
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, cancel_checkpoints, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, stage_errors
 from resources import media, subtitles
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
@@ -31,8 +31,7 @@ def output_stem(filename: str) -> str:
           description="Finished file with dubbed + original audio tracks and subtitles, plus sidecars.")
 def dubbed_video(context: dg.AssetExecutionContext, job_store: JobStore,
                  storage: MediaStorage) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return export_job(job_store.get_job(context.partition_key), storage, log=context.log)
+    return export_job(job_store.get_job(context.partition_key), storage, log=context.log)
 
 
 def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:

@@ -2,7 +2,7 @@ import dagster as dg
 
 from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.source_media import source_media
-from dubbing_assets.stage import GROUP, Timer, cancel_checkpoints, stage_errors
+from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
 from resources.storage import MediaStorage
 
@@ -14,8 +14,7 @@ MIX_RATE = 48_000
           code_version="1",
           description="16 kHz mono WAV for ASR, and the original audio at 48 kHz stereo for the mix.")
 def extracted_audio(context: dg.AssetExecutionContext, storage: MediaStorage) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return extract_audio(context.partition_key, storage)
+    return extract_audio(context.partition_key, storage)
 
 
 def extract_audio(job_id: str, storage: MediaStorage) -> dg.MaterializeResult:

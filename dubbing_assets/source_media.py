@@ -1,7 +1,7 @@
 import dagster as dg
 
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, Timer, cancel_checkpoints, stage_errors
+from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
 from resources.disk import ensure_free_space
 from resources.jobstore import JobRecord, JobStore
@@ -13,8 +13,7 @@ from resources.storage import MediaStorage
                       "non-media, truncated and silent-track-less files with a clear reason.")
 def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
                  storage: MediaStorage) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return probe_source(job_store.get_job(context.partition_key), storage)
+    return probe_source(job_store.get_job(context.partition_key), storage)
 
 
 def probe_source(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:

@@ -31,29 +31,6 @@ def stage_errors(stage: str):
         raise dg.Failure(description=f"{stage}: {exc}", allow_retries=False) from None
 
 
-@contextlib.contextmanager
-def cancel_checkpoints(context: dg.AssetExecutionContext):
-    """Around a stage's work: stop the run if it was cancelled, before the work and after it.
-
-    A cancel reaches a run worker as a SIGINT that Dagster turns into an exception inside the step. Seen in
-    gate 4 (about 1 run in 10): a SIGINT that arrived in the first ~0.1 s of a transcript step was lost
-    (most likely swallowed by library code being imported then), and the run finished SUCCESS although it
-    was CANCELING. The run's status is the record of the cancel, so each stage also reads it: a lost
-    interrupt stops the run at the next stage boundary instead of never."""
-    _stop_if_cancelled(context)
-    yield
-    _stop_if_cancelled(context)
-
-
-def _stop_if_cancelled(context: dg.AssetExecutionContext) -> None:
-    run = context.instance.get_run_by_id(context.run_id)
-    if run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
-        from dagster._core.errors import DagsterExecutionInterruptedError
-
-        context.log.warning("the run is being cancelled: stopping at this stage boundary")
-        raise DagsterExecutionInterruptedError()
-
-
 class Timer:
     def __enter__(self):
         self.started = time.perf_counter()

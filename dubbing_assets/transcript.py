@@ -4,7 +4,7 @@ import dagster as dg
 
 from dubbing_assets.extracted_audio import extracted_audio
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, cancel_checkpoints, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, stage_errors
 from resources.asr import AsrResource
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
@@ -15,8 +15,7 @@ from resources.storage import MediaStorage
           description="faster-whisper segments with word timestamps and VAD on the original timeline.")
 def transcript(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                asr: AsrResource) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return transcribe_job(job_store.get_job(context.partition_key), storage, asr, log=context.log)
+    return transcribe_job(job_store.get_job(context.partition_key), storage, asr, log=context.log)
 
 
 def transcribe_job(job: JobRecord, storage: MediaStorage, asr: AsrResource,

@@ -1,7 +1,7 @@
 import dagster as dg
 
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, Timer, cancel_checkpoints, stage_errors
+from dubbing_assets.stage import GROUP, Timer, stage_errors
 from dubbing_assets.transcript import transcript
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
@@ -13,8 +13,7 @@ from resources.translate import TranslatorResource, version_metadata
           description="Segment texts translated to the target language; timing kept from the transcript.")
 def translation(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                 translator: TranslatorResource) -> dg.MaterializeResult:
-    with cancel_checkpoints(context):
-        return translate_job(job_store.get_job(context.partition_key), storage, translator)
+    return translate_job(job_store.get_job(context.partition_key), storage, translator)
 
 
 def translate_job(job: JobRecord, storage: MediaStorage, translator: TranslatorResource) -> dg.MaterializeResult:

@@ -205,35 +205,6 @@ def test_cancel_mid_run_ends_cancelled_promptly_and_removes_temp_files(stack, tm
     assert run.status == dg.DagsterRunStatus.CANCELED
 
 
-def test_a_cancel_whose_interrupt_is_lost_still_stops_the_run_at_the_next_stage(stack, tmp_path_factory):
-    """Gate 4 saw about 1 run in 10 finish SUCCESS after its cancel: the SIGINT that carries a cancel to the run
-    worker was lost in the first ~0.1 s of a step. Here the run is marked CANCELING with no interrupt at all
-    (as if it had been lost): the stages read the run's status at their boundaries, so the run still ends
-    CANCELED, after the stage it was in, and nothing after it runs."""
-    work = tmp_path_factory.mktemp("lost_interrupt")
-    wav, _ = mediagen.speech_track(mediagen.SCRIPT * 2, work, voice="espeak")
-    video = mediagen.make_video(wav, work / "talk.mp4")
-    instance = dg.DagsterInstance.from_config(stack.env["DAGSTER_HOME"])
-    with stack.client("alice") as c:
-        _, job_id = upload_file(c, video, "es")
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            view = c.get(f"/api/jobs/{job_id}").json()
-            if view["current_stage"] == "transcript" and view["state"] == "running":
-                break
-            time.sleep(0.2)
-        assert view["current_stage"] == "transcript", view
-        run = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id}))[0]
-        instance.report_run_canceling(run)  # the record of the cancel, and no SIGINT to the worker
-        view = wait_state(c, job_id, {"cancelled", "done", "failed"}, timeout=120)
-        assert view["state"] == "cancelled", view
-        tl = c.get(f"/api/jobs/{job_id}/timeline").json()
-        states = {s["stage"]: s["state"] for s in tl["stages"]}
-        assert states["translation"] in ("pending", "skipped") and states["dubbed_video"] in ("pending", "skipped")
-    assert instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id}))[0].status == \
-        dg.DagsterRunStatus.CANCELED
-
-
 def test_what_a_finished_runs_events_say_is_read_once_and_a_live_runs_every_time():
     import dagster as dg
 
