@@ -4,7 +4,7 @@
                                          (and a first admin when there is none)
     dubbing user add NAME [--admin] [--password-stdin]
     dubbing token create NAME            a personal API token (alone on the last line)
-    dubbing dub INPUT --to es [--from en] [--out DIR] [--voice V] [--tts E] [--container mkv|mp4]
+    dubbing dub INPUT --to es [--from en] [--out DIR] [--voice V] [--tts E] [--container auto|mkv|mp4]
 
 `dub` runs the dub job for one local file through Dagster (a real instance: DAGSTER_HOME, or the
 embedded default under var/), shows a progress bar per stage, and prints the output paths.
@@ -264,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--voice", help="voice, e.g. espeak:es or piper:en_US-joe-medium")
     p.add_argument("--tts", choices=["auto", "espeak", "piper", "xtts"], help="TTS engine")
     p.add_argument("--translator", choices=["auto", "apertium", "argos", "libretranslate", "passthrough"])
-    p.add_argument("--container", choices=["mkv", "mp4"], default="mkv")
+    p.add_argument("--container", choices=["auto", "mkv", "mp4"], default="auto",
+                   help="auto (default): MKV, or MP4 for a rotated (portrait phone) video, which MP4 keeps "
+                        "without encoding the picture again")
     args = parser.parse_args(argv)
     try:
         if args.command == "init":

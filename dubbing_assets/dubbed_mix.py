@@ -15,6 +15,7 @@ import numpy as np
 from dubbing_assets.dubbed_speech import dubbed_speech
 from dubbing_assets.extracted_audio import MIX_RATE
 from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.source_media import output_container
 from dubbing_assets.stage import GROUP, Timer, stage_errors
 from resources import media
 from resources.jobstore import JobRecord, JobStore
@@ -40,10 +41,13 @@ def duck_envelope(intervals: list[tuple[float, float]], duration: float, duck_db
     return (1.0 - depth * (1.0 - duck)).astype(np.float32)
 
 
-def mix_to_wav(original, dub, out, envelope: np.ndarray) -> None:
-    """Stream original (stereo) x envelope + dub (mono, both channels) into a 16-bit WAV, block by
-    block, so memory stays flat however long the media is."""
+def mix_to_wav(original, dub, out, envelope: np.ndarray, duration: float) -> None:
+    """Stream original (stereo) x envelope + dub (mono, both channels) into a 16-bit WAV of `duration`
+    seconds, block by block, so memory stays flat however long the media is. An original that ends
+    early (a video whose sound stops before its picture) is continued with silence: the mix covers
+    the whole length."""
     frame_t = np.arange(len(envelope)) * FRAME_S
+    total = int(round(duration * MIX_RATE))
     with wave.open(str(original), "rb") as o, wave.open(str(dub), "rb") as d, wave.open(str(out), "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
@@ -51,14 +55,13 @@ def mix_to_wav(original, dub, out, envelope: np.ndarray) -> None:
         ch = o.getnchannels()
         block = int(BLOCK_S * MIX_RATE)
         pos = 0
-        while True:
-            raw = o.readframes(block)
-            if not raw:
-                break
-            orig = np.frombuffer(raw, dtype="<i2").astype(np.float32).reshape(-1, ch) / 32768.0
+        while pos < total:
+            n = min(block, total - pos)
+            orig = np.frombuffer(o.readframes(n), dtype="<i2").astype(np.float32).reshape(-1, ch) / 32768.0
             if ch == 1:
                 orig = np.repeat(orig, 2, axis=1)
-            n = orig.shape[0]
+            if orig.shape[0] < n:
+                orig = np.pad(orig, ((0, n - orig.shape[0]), (0, 0)))
             speech = np.frombuffer(d.readframes(n), dtype="<i2").astype(np.float32) / 32768.0
             if len(speech) < n:
                 speech = np.pad(speech, (0, n - len(speech)))
@@ -79,7 +82,7 @@ def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
 def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
     """The stage as a plain function: the original ducked under the dub, normalised, encoded."""
     speech = storage.read_json(job.id, "speech.json")
-    codec, bitrate, suffix = media.MIX_CODECS[job.options.container]
+    codec, bitrate, suffix = media.MIX_CODECS[output_container(job, storage.read_json(job.id, "source.json"))]
     if speech["no_speech"]:
         storage.write_json(job.id, "mix.json", {"no_speech": True})
         return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix",
@@ -91,7 +94,7 @@ def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
         mix_path = storage.artifact(job.id, "mix" + suffix)
         raw = storage.artifact(job.id, "mix_raw.wav")
         mix_to_wav(storage.fetch(job.id, "original.wav"), storage.fetch(job.id, "dub_track.wav"),
-                   raw, duck_envelope(intervals, duration, opts.duck_db))
+                   raw, duck_envelope(intervals, duration, opts.duck_db), duration)
         measured = media.measure_loudness(raw, true_peak=False)
         gain = opts.target_lufs - measured.integrated_lufs if measured.integrated_lufs > -70 else 0.0
         media.encode_audio(raw, mix_path, gain_db=gain, codec=codec, bitrate=bitrate)

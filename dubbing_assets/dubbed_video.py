@@ -12,6 +12,7 @@ import dagster as dg
 from dubbing_assets.checks import OUTPUT_STREAMS, output_streams_check
 from dubbing_assets.dubbed_mix import dubbed_mix
 from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.source_media import output_container
 from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, stage_errors
 from resources import media, subtitles
 from resources.jobstore import JobRecord, JobStore
@@ -40,7 +41,7 @@ def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAG
     mix = storage.read_json(job.id, "mix.json")
     speech = storage.read_json(job.id, "speech.json")
     transcript = storage.read_json(job.id, "transcript.json")
-    container = job.options.container
+    container = output_container(job, src_info)
     stem = f"{output_stem(job.filename)}.{job.target_lang}"
     no_speech = bool(mix["no_speech"])
     files: list[Path] = []
@@ -71,6 +72,7 @@ def export_job(job: JobRecord, storage: MediaStorage, log: logging.Logger = STAG
             source, build / f"{stem}.{container}", has_video=src_info["has_video"],
             source_lang=job.source_lang, original_codec=src_info.get("audio_codec") or "",
             video_codec=src_info.get("video_codec"), dub=dub, subtitles=subs, container=container,
+            rotation=int(src_info.get("rotation") or 0),
         )
         streams = media.media_streams(video)
         out_duration = float(media.probe(video).duration)

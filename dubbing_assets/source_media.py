@@ -16,6 +16,16 @@ def source_media(context: dg.AssetExecutionContext, job_store: JobStore,
     return probe_source(job_store.get_job(context.partition_key), storage)
 
 
+def output_container(job: JobRecord, source: dict) -> str:
+    """The export's container. `auto` (the default) is MKV (every codec, every track, text subtitles),
+    except for a rotated picture (a phone's portrait video): ffmpeg 5.1's Matroska muxer cannot carry the
+    rotation, so MKV would mean encoding the picture again, while MP4 keeps it bit for bit. An explicit
+    `mkv` is honoured by turning the picture upright (media.copies_video)."""
+    if job.options.container != "auto":
+        return job.options.container
+    return "mp4" if source.get("has_video") and source.get("rotation") else "mkv"
+
+
 def probe_source(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
     """The stage as a plain function (the asset calls it; so can a script): probe and fully decode
     the job's input, write source.json."""
@@ -24,7 +34,7 @@ def probe_source(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
         ensure_free_space(0, storage.root_path(), action="this run")
         src = storage.input_file(job.id, job.input_path, job.filename)  # an s3:// input is fetched
         info = media.probe(src, job.filename)
-        decoded = media.check_audio_decodes(src, info.duration, job.filename)
+        decoded = media.check_audio_decodes(src, info, job.filename)
     summary = {**info.summary(), "decoded_audio_s": round(decoded, 3), "path": job.input_path,
                "filename": job.filename, "source_lang": job.source_lang, "target_lang": job.target_lang}
     storage.write_json(job.id, "source.json", summary)

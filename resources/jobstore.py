@@ -97,6 +97,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 TTS_ENGINES = ("auto", "espeak", "piper", "xtts")
 TRANSLATORS = ("auto", "apertium", "argos", "libretranslate", "passthrough")
+CONTAINERS = ("auto", "mkv", "mp4")
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class JobOptions:
 
     tts_engine: str = "auto"  # auto | espeak | piper | xtts
     translator: str = "auto"  # auto | apertium | argos | libretranslate | passthrough
-    container: str = "mkv"  # mkv | mp4
+    container: str = "auto"  # auto | mkv | mp4 (auto: MKV, or MP4 for a rotated picture; see output_container)
     max_speed: float = 1.35
     duck_db: float = -14.0
     target_lufs: float = -16.0
@@ -128,8 +129,8 @@ class JobOptions:
             raise ValueError(f"tts_engine must be one of {', '.join(TTS_ENGINES)}, not {opts.tts_engine!r}")
         if opts.translator not in TRANSLATORS:
             raise ValueError(f"translator must be one of {', '.join(TRANSLATORS)}, not {opts.translator!r}")
-        if opts.container not in ("mkv", "mp4"):
-            raise ValueError(f"container must be mkv or mp4, not {opts.container!r}")
+        if opts.container not in CONTAINERS:
+            raise ValueError(f"container must be auto, mkv or mp4, not {opts.container!r}")
         if not 1.0 <= float(opts.max_speed) <= 2.0:
             raise ValueError("max_speed must be between 1.0 and 2.0")
         return opts

@@ -97,6 +97,46 @@ def run(stream, what: str) -> bytes:
     return proc.stderr
 
 
+def stream_duration(stream: dict | None) -> float | None:
+    """A stream's own length as its container declares it: `duration` (MP4, MOV, AVI, MPEG-TS) or the
+    DURATION tag (Matroska, WebM); None when it declares none."""
+    if not stream:
+        return None
+    try:
+        if float(stream.get("duration") or 0) > 0:
+            return float(stream["duration"])
+    except ValueError:
+        pass
+    tags = {k.lower(): v for k, v in (stream.get("tags") or {}).items()}
+    m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", str(tags.get("duration", "")).strip())
+    if m:
+        seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        return seconds if seconds > 0 else None
+    return None
+
+
+def rotation(stream: dict | None) -> int:
+    """The display rotation of a video stream in degrees, 0, 90, 180 or 270 (a phone's portrait video
+    is stored landscape with a display matrix saying how to turn it; older files use a `rotate` tag)."""
+    if not stream:
+        return 0
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            return int(round(float(side["rotation"]))) % 360
+    try:
+        return int(round(float((stream.get("tags") or {}).get("rotate", 0)))) % 360
+    except ValueError:
+        return 0
+
+
+def display_size(stream: dict | None) -> tuple[int, int] | None:
+    """(width, height) as the picture is shown: the coded size turned by the display rotation."""
+    if not stream or not stream.get("width"):
+        return None
+    w, h = int(stream["width"]), int(stream["height"])
+    return (h, w) if rotation(stream) in (90, 270) else (w, h)
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     duration: float
@@ -107,6 +147,15 @@ class ProbeResult:
     audio_streams: int
     raw: dict
 
+    @property
+    def audio_duration(self) -> float | None:
+        """The first audio stream's own declared length (None when the container declares none)."""
+        return stream_duration(self.audio)
+
+    @property
+    def video_duration(self) -> float | None:
+        return stream_duration(self.video)
+
     def summary(self) -> dict:
         out = {
             "duration_s": round(self.duration, 3),
@@ -115,10 +164,15 @@ class ProbeResult:
             "audio_streams": self.audio_streams,
             "has_video": self.video is not None,
         }
+        if self.audio_duration:
+            out["audio_duration_s"] = round(self.audio_duration, 3)
         if self.video:
             out["video_codec"] = self.video.get("codec_name")
             out["width"] = self.video.get("width")
             out["height"] = self.video.get("height")
+            out["rotation"] = rotation(self.video)
+            if self.video_duration:
+                out["video_duration_s"] = round(self.video_duration, 3)
         if self.audio:
             out["audio_codec"] = self.audio.get("codec_name")
             out["sample_rate"] = int(self.audio.get("sample_rate") or 0)
@@ -185,25 +239,55 @@ def _usable(info: dict, name: str, size: int) -> ProbeResult:
     )
 
 
-def check_audio_decodes(path: Path, expected_duration: float, name: str | None = None) -> float:
+def check_audio_decodes(path: Path, info: ProbeResult, name: str | None = None) -> float:
     """Decode the first audio stream completely; a truncated or corrupt file fails here rather than
-    halfway through the pipeline. Returns the decoded duration in seconds."""
+    halfway through the pipeline. Returns the decoded duration in seconds.
+
+    The decoded audio is held against the audio stream's own declared length, not the container's: a
+    video whose sound ends before its picture (a silent outro) is whole. Where the container declares
+    no length for the audio, a short decode is truncation only if the file's packets, demuxed to the
+    end, also stop short of the container's duration (a cut-off download stops every stream)."""
     name = name or Path(path).name
     err = run(
         ffmpeg.input(str(path))["a:0"].output("-", format="null").global_args("-v", "error", "-stats"),
         f"decoding the audio of {name}",
     )
     text = err.decode("utf-8", "replace")
-    problems = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("size=")
-                and "time=" not in ln]
+    problems = _stats_problems(text)
     decoded = _last_stats_time(text)
     if problems:
         raise MediaError(f"{name} is truncated or corrupt: {' | '.join(problems[-3:])}")
-    if decoded is not None and expected_duration > 2 and decoded < 0.9 * expected_duration:
-        raise MediaError(
-            f"{name} is truncated: audio decodes to {decoded:.1f} s of {expected_duration:.1f} s"
-        )
-    return decoded if decoded is not None else expected_duration
+    if decoded is None:
+        return info.audio_duration or info.duration
+    declared = info.audio_duration
+    expected = declared or info.duration
+    if expected > 2 and decoded < 0.9 * expected:
+        if declared:
+            raise MediaError(f"{name} is truncated: audio decodes to {decoded:.1f} s of {declared:.1f} s")
+        reach = content_end(path, name)
+        if reach is not None and reach < 0.9 * info.duration:
+            raise MediaError(
+                f"{name} is truncated: its streams end at {reach:.1f} s of the {info.duration:.1f} s it declares")
+    return decoded
+
+
+def content_end(path: Path, name: str | None = None) -> float | None:
+    """How far the file's packets really reach, in seconds: every stream demuxed to the end without
+    decoding (about a second for a gigabyte). A file cut off mid-download stops short of its header's
+    duration here, whatever its streams declare."""
+    err = run(ffmpeg.input(str(path)).output("-", format="null", map="0", c="copy")
+              .global_args("-v", "error", "-stats"), f"reading {name or Path(path).name} to its end")
+    text = err.decode("utf-8", "replace")
+    if _stats_problems(text):
+        return 0.0 if _last_stats_time(text) is None else _last_stats_time(text)
+    return _last_stats_time(text)
+
+
+def _stats_problems(stats: str) -> list[str]:
+    """The error lines of an ffmpeg run with `-v error -stats` (the progress lines left out), without
+    ffmpeg's `[matroska,webm @ 0x55...]` prefixes: they reach users."""
+    return [re.sub(r"\[[^\]]* @ 0x[0-9a-f]+\]\s*", "", ln).strip() for ln in stats.replace("\r", "\n").splitlines()
+            if ln.strip() and not ln.lstrip().startswith("size=") and "time=" not in ln]
 
 
 def _last_stats_time(stats: str) -> float | None:
@@ -215,8 +299,11 @@ def _last_stats_time(stats: str) -> float | None:
 
 
 def extract_wav(src: Path, dest: Path, *, rate: int, channels: int) -> Path:
+    """The first audio stream as PCM WAV on the file's own timeline: sound that starts after the picture
+    (an MPEG-TS or an edited MP4 whose audio begins late) is preceded by that much silence, so a time in
+    the WAV is the same time in the video (aresample's first_pts=0)."""
     run(
-        ffmpeg.input(str(src))["a:0"].output(
+        ffmpeg.input(str(src))["a:0"].filter("aresample", first_pts=0).output(
             str(dest), acodec="pcm_s16le", ac=channels, ar=rate
         ),
         f"extracting audio to {dest.name}",
@@ -248,12 +335,28 @@ RETIME_BATCH = 64  # inputs per ffmpeg process (each holds its files open)
 def retime_wavs(items: list[tuple[Path, Path, float]], *, rate: int) -> list[Path]:
     """retime_wav for many (src, dest, tempo) at once: one ffmpeg process per RETIME_BATCH files,
     each file through the same filters as retime_wav (the outputs are identical). Starting ffmpeg
-    costs about 0.15 s of CPU, more than retiming one spoken segment."""
-    for i in range(0, len(items), RETIME_BATCH):
-        chunk = items[i:i + RETIME_BATCH]
+    costs about 0.15 s of CPU, more than retiming one spoken segment.
+
+    The same file at the same tempo (a sentence said twice, its speech taken from the segment cache)
+    is retimed once and copied: ffmpeg-python merges identical graph nodes, and one filter node with
+    two outputs does not compile ("a split filter is probably required")."""
+    first: dict[tuple[str, str], Path] = {}
+    unique: list[tuple[Path, Path, float]] = []
+    copies: list[tuple[Path, Path]] = []
+    for src, dest, tempo in items:
+        key = (str(Path(src).resolve()), f"{tempo:.5f}")  # atempo's own precision (_retimed)
+        if key in first:
+            copies.append((first[key], dest))
+        else:
+            first[key] = dest
+            unique.append((src, dest, tempo))
+    for i in range(0, len(unique), RETIME_BATCH):
+        chunk = unique[i:i + RETIME_BATCH]
         outputs = [_retimed(src, dest, tempo, rate) for src, dest, tempo in chunk]
         names = f"{Path(chunk[0][0]).name}" + (f" .. {Path(chunk[-1][0]).name}" if len(chunk) > 1 else "")
         run(ffmpeg.merge_outputs(*outputs), f"retiming {names}")
+    for done, dest in copies:
+        shutil.copyfile(done, dest)
     return [dest for _, dest, _ in items]
 
 
@@ -353,17 +456,36 @@ class Track:
     title: str
 
 
+# A picture that must be encoded again (turned upright for Matroska, or a codec MP4 cannot hold): H.264
+# at a quality close to the source's, fast enough for a small machine (docs/benchmarks.md, figure 8).
+REENCODE_VIDEO = {"c:v": "libx264", "preset:v": "veryfast", "crf:v": "18", "pix_fmt": "yuv420p"}
+
+
+def copies_video(container: str, video_codec: str | None, rotation: int = 0) -> bool:
+    """Whether the export copies the picture as it is. Matroska takes every codec, but ffmpeg 5.1's
+    Matroska muxer drops a display rotation, so a rotated picture is turned upright (encoded again);
+    MP4 keeps the rotation, but holds only MP4_VIDEO_CODECS."""
+    if container == "mkv":
+        return rotation == 0
+    return (video_codec or "") in MP4_VIDEO_CODECS
+
+
 def mux(source: Path, out: Path, *, has_video: bool, source_lang: str, original_codec: str,
-        video_codec: str | None, dub: Track | None, subtitles: list[Track], container: str = "mkv") -> Path:
-    """The export: video stream copied; the dubbed track first and default, the original track
-    second; subtitle streams; ISO 639-2 language tags and titles on every stream."""
+        video_codec: str | None, dub: Track | None, subtitles: list[Track], container: str = "mkv",
+        rotation: int = 0) -> Path:
+    """The export: video stream copied (or turned upright, see copies_video); the dubbed track first and
+    default, the original track second; subtitle streams; ISO 639-2 language tags and titles on every stream."""
     src = ffmpeg.input(str(source))
     streams, opts = [], {}
     index = 0
     if has_video:
         streams.append(src["v:0"])
-        vcopy = container == "mkv" or (video_codec or "") in MP4_VIDEO_CODECS
-        opts["c:v"] = "copy" if vcopy else "libx264"
+        if copies_video(container, video_codec, rotation):
+            opts["c:v"] = "copy"
+            if container == "mp4" and video_codec == "hevc":
+                opts["tag:v"] = "hvc1"  # the tag Apple's players need to play HEVC from MP4
+        else:
+            opts.update(REENCODE_VIDEO)  # ffmpeg's autorotate turns the decoded picture upright
         opts["metadata:s:v:0"] = f"language={iso639_2(source_lang)}"
         opts[f"metadata:s:{index}"] = "title=Video"
         index += 1

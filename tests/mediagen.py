@@ -28,8 +28,8 @@ def _read(path: Path) -> np.ndarray:
     return data
 
 
-def speak_espeak(text: str, out: Path) -> np.ndarray:
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(out), "--", text], check=True)
+def speak_espeak(text: str, out: Path, wpm: int = 150, voice: str = "en-us") -> np.ndarray:
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(out), "--", text], check=True)
     return _read(out)
 
 
@@ -50,10 +50,12 @@ def speak_piper(text: str, out: Path) -> np.ndarray:
 
 def speech_track(sentences: list[str], workdir: Path, voice: str = "espeak", lead: float = 1.0,
                  pause: float = 1.2, tail: float = 1.0,
-                 tone_db: float = -32.0) -> tuple[Path, list[tuple[float, float]]]:
+                 tone_db: float = -32.0, wpm: int = 150) -> tuple[Path, list[tuple[float, float]]]:
     """A 22.05 kHz mono WAV of the sentences with pauses, over a quiet tone; returns the speech
-    intervals too."""
-    speak = speak_piper if voice == "piper" else speak_espeak
+    intervals too. `wpm` is espeak-ng's speaking rate (150 is an unhurried talk; a brisk one is 200+)."""
+    def speak(text: str, out: Path) -> np.ndarray:
+        return speak_piper(text, out) if voice == "piper" else speak_espeak(text, out, wpm=wpm)
+
     parts = [np.zeros(int(lead * RATE), np.float32)]
     intervals, t = [], lead
     for i, sentence in enumerate(sentences):

@@ -92,6 +92,65 @@ def test_probe_generated_video(tone_video):
     assert summary["size_bytes"] == tone_video.stat().st_size > 0
 
 
+def _declared(container_s: float, audio_s: float | None) -> media.ProbeResult:
+    """What a probe would say of a file: its container's duration, and its audio stream's own (or none)."""
+    audio = {"codec_type": "audio", **({"duration": str(audio_s)} if audio_s else {})}
+    return media.ProbeResult(duration=container_s, format_name="test", size_bytes=1, video=None, audio=audio,
+                             audio_streams=1, raw={})
+
+
+@pytest.fixture(scope="module")
+def silent_outro(work):
+    """A 12 s picture whose sound stops at 5 s (a silent outro), and the same file cut off at 45 %."""
+    whole = work / "outro.mkv"
+    mediagen.ffmpeg("-f", "lavfi", "-t", "12", "-i", "testsrc=size=160x120:rate=15", "-f", "lavfi", "-t", "5",
+                    "-i", "sine=frequency=300", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-c:a", "libopus", str(whole))
+    cut = work / "outro_cut.mkv"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.45)])
+    return whole, cut
+
+
+def test_sound_ending_before_the_picture_is_whole_and_a_cut_off_file_is_not(silent_outro):
+    whole, cut = silent_outro
+    info = media.probe(whole)
+    assert info.duration == pytest.approx(12.0, abs=0.1) and info.audio_duration == pytest.approx(5.0, abs=0.1)
+    assert media.check_audio_decodes(whole, info) == pytest.approx(5.0, abs=0.1)
+    # a container that declares no length for its audio: the file's packets show it is whole ...
+    assert media.check_audio_decodes(whole, _declared(info.duration, None)) == pytest.approx(5.0, abs=0.1)
+    assert media.content_end(whole) == pytest.approx(12.0, abs=0.2)
+    # ... while a download cut off at 45 % is refused, however much its container declares
+    assert media.content_end(cut) < 0.6 * 12
+    for declared in (media.probe(cut), _declared(12.0, None), _declared(12.0, 5.0)):
+        with pytest.raises(media.MediaError, match=r"^outro_cut.mkv is truncated") as err:
+            media.check_audio_decodes(cut, declared)
+        assert "0x" not in str(err.value) and "\n" not in str(err.value), err.value  # no pointers, one line
+
+
+def test_retiming_the_same_speech_twice_at_the_same_speed(work):
+    """A sentence said twice reaches retime_wavs as the same file at the same tempo (the segment cache):
+    both copies come out, identical (ffmpeg-python would merge the two graph nodes into one that fails)."""
+    raw = work / "twice.wav"
+    mediagen.speak_espeak(SENTENCE, raw)
+    outs = media.retime_wavs([(raw, work / "a.wav", 1.35), (raw, work / "b.wav", 1.35), (raw, work / "c.wav", 1.2)],
+                             rate=48_000)
+    assert [p.name for p in outs] == ["a.wav", "b.wav", "c.wav"]
+    assert (work / "a.wav").read_bytes() == (work / "b.wav").read_bytes()
+    assert wav_info(work / "c.wav")[3] > wav_info(work / "a.wav")[3]
+
+
+def test_rotation_and_shown_size_of_a_portrait_phone_video(work):
+    plain = mediagen.make_video_without_audio(work / "landscape.mp4", seconds=1.0)
+    portrait = work / "portrait.mp4"
+    mediagen.ffmpeg("-i", str(plain), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(portrait))
+    video = media.media_streams(portrait)[0]
+    assert media.rotation(video) in (90, 270) and media.display_size(video) == (240, 320)
+    assert media.rotation(media.media_streams(plain)[0]) == 0
+    assert not media.copies_video("mkv", "h264", 90) and media.copies_video("mp4", "h264", 90)
+    assert media.copies_video("mkv", "vp8", 0) and not media.copies_video("mp4", "vp8", 0)
+
+
 def test_probe_audio_only_file(sine_wav):
     summary = media.probe(sine_wav).summary()
     assert summary["has_video"] is False and "video_codec" not in summary
@@ -178,7 +237,7 @@ def test_encode_audio_limits_peaks(work, sine_wav):
     (lambda src, d: media.retime_wav(src, d / "y.wav", tempo=1.2, rate=48_000), "retiming notes.mp4"),
     (lambda src, d: media.measure_loudness(src), "measuring loudness of notes.mp4"),
     (lambda src, d: media.encode_audio(src, d / "z.m4a", gain_db=0.0), "encoding z.m4a"),
-    (lambda src, d: media.check_audio_decodes(src, 3.0), "decoding the audio of notes.mp4"),
+    (lambda src, d: media.check_audio_decodes(src, _declared(3.0, 3.0)), "decoding the audio of notes.mp4"),
     (lambda src, d: media.media_streams(src), "probing notes.mp4"),
 ])
 def test_ffmpeg_failures_raise_media_error_with_stderr(work, not_media, action, what):

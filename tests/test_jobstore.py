@@ -149,7 +149,7 @@ def test_job_ids_are_j_plus_32_hex_and_unique():
 def test_job_options_defaults_and_round_trip():
     opts = JobOptions.from_dict(None)
     assert opts == JobOptions()
-    assert opts.to_dict() == {"tts_engine": "auto", "translator": "auto", "container": "mkv",
+    assert opts.to_dict() == {"tts_engine": "auto", "translator": "auto", "container": "auto",
                               "max_speed": 1.35, "duck_db": -14.0, "target_lufs": -16.0}
     custom = JobOptions.from_dict({"container": "mp4", "max_speed": 2.0, "target_lufs": -23.0})
     assert JobOptions.from_dict(custom.to_dict()) == custom
@@ -159,7 +159,7 @@ def test_job_options_defaults_and_round_trip():
 @pytest.mark.parametrize("data, words", [
     ({"speed": 1.2}, ["unknown job option", "speed"]),
     ({"colour": "red", "bogus": 1}, ["unknown job option", "bogus", "colour"]),
-    ({"container": "avi"}, ["container", "mkv or mp4", "'avi'"]),
+    ({"container": "avi"}, ["container", "auto, mkv or mp4", "'avi'"]),
     ({"max_speed": 2.5}, ["max_speed", "between 1.0 and 2.0"]),
     ({"max_speed": 0.9}, ["max_speed", "between 1.0 and 2.0"]),
 ])

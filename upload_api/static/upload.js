@@ -208,7 +208,7 @@
     $("source-lang").value = c.source_lang;
     $("target-lang").value = c.target_lang;
     $("voice").value = (c.options && c.options.tts_engine) || "auto";
-    $("container").value = (c.options && c.options.container) || "mkv";
+    $("container").value = (c.options && c.options.container) || "auto";
     $("voice-name").value = c.voice || "";
   }
 
