@@ -5,9 +5,12 @@
     dubbing user add NAME [--admin] [--password-stdin]
     dubbing token create NAME            a personal API token (alone on the last line)
     dubbing dub INPUT --to es [--from en] [--out DIR] [--voice V] [--tts E] [--container auto|mkv|mp4]
+                 [--fit review|extend_video|cut]
 
 `dub` runs the dub job for one local file through Dagster (a real instance: DAGSTER_HOME, or the
-embedded default under var/), shows a progress bar per stage, and prints the output paths.
+embedded default under var/), shows a progress bar per stage, and prints the output paths. A dub that a
+blocking quality check stopped prints each failed check in one line and where the unpublished dub is
+kept, and exits 3.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ PROGRESS_RE = re.compile(r"^progress (\d+)/(\d+) ?(.*)$")
 
 class CliError(Exception):
     """A one-line reason for a non-zero exit."""
+
+
+NEEDS_REVIEW_EXIT = 3  # the dub was made but a blocking quality check stopped it from being published
+
+
+def review_lines(result) -> list[str]:
+    """One line per blocking quality check that failed in an in-process run (empty when none did)."""
+    lines = []
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            if not ev.passed and ev.blocking and ev.severity.value == "ERROR":
+                lines.append(f"{ev.check_name}: {ev.description or 'failed'}")
+    return lines
 
 
 def _init(quiet: bool = False, first_admin: bool = False) -> None:
@@ -186,7 +203,7 @@ def dub(args: argparse.Namespace) -> int:
     for flag, value in (("--to", args.to), ("--from", args.source)):
         if not LANG_RE.match(value):
             raise CliError(f"{flag} {value!r} is not a language code like 'es' or 'pt-BR'")
-    options = {"container": args.container}
+    options = {"container": args.container, "fit": args.fit}
     if args.tts:
         options["tts_engine"] = args.tts
     if args.translator:
@@ -225,9 +242,20 @@ def dub(args: argparse.Namespace) -> int:
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
             tags={"dubbing/job_id": job.id, "dubbing/origin": "cli"},
         )
-    if not result.success:
-        raise CliError(failure_reason(result))
     storage = MediaStorage()
+    if not result.success:
+        review = review_lines(result)
+        if not review:
+            raise CliError(failure_reason(result))
+        for line in review:  # one line per failed check, then where the unpublished work is
+            print(f"dubbing: needs review: {line}", file=sys.stderr)
+        stopped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"}
+        kept = (storage.artifact_location(job.id, "export") if "dubbed_video" in stopped
+                else storage.artifact_location(job.id, "dub_track.wav"))
+        print(f"dubbing: not published; the unpublished {'outputs are' if 'dubbed_video' in stopped else 'dub is'} "
+              f"kept in {kept} (job {job.id}). Publish it from the web UI or POST /api/jobs/{job.id}/publish, or "
+              f"run again with --fit extend_video or --fit cut", file=sys.stderr)
+        return NEEDS_REVIEW_EXIT
     names = [o.name for o in storage.outputs(job.id)]
     if args.out:  # copied (local) or downloaded (S3) there
         dest = Path(args.out).expanduser()
@@ -267,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--container", choices=["auto", "mkv", "mp4"], default="auto",
                    help="auto (default): MKV, or MP4 for a rotated (portrait phone) video, which MP4 keeps "
                         "without encoding the picture again")
+    p.add_argument("--fit", choices=["review", "extend_video", "cut"], default="review",
+                   help="speech that does not fit its slot even sped up: review (default: not published, exit 3), "
+                        "extend_video (the picture is held so every word fits), cut (cut, with a warning)")
     args = parser.parse_args(argv)
     try:
         if args.command == "init":

@@ -2,8 +2,10 @@
 
 Ducking is volume automation from the known placements of the dubbed segments (no sidechain
 detection pass): the original drops by `duck_db` with short ramps around each dubbed segment.
-The mix is then normalised to `target_lufs` (EBU R128 integrated) with one measured gain and a
--1 dBFS peak limiter, and encoded (Opus for MKV, AAC for MP4).
+The mix is then normalised to `target_lufs` (EBU R128 integrated) with one measured gain and a peak
+limiter half a dB under the job's true-peak limit, encoded (Opus for MKV, AAC for MP4), measured again
+(integrated and true peak), and, when that misses, encoded once more with the error corrected. The
+`loudness` check holds the encoded track (what the export carries, as a stream copy) to the targets.
 """
 
 
@@ -12,11 +14,13 @@ import wave
 import dagster as dg
 import numpy as np
 
+from dubbing_assets import checks
 from dubbing_assets.dubbed_speech import dubbed_speech
 from dubbing_assets.extracted_audio import MIX_RATE
+from dubbing_assets.fit import Timeline
 from dubbing_assets.partitions import dub_jobs
 from dubbing_assets.source_media import output_container
-from dubbing_assets.stage import GROUP, Timer, stage_errors
+from dubbing_assets.stage import GROUP, Timer, accepted_checks, stage_errors
 from resources import media
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
@@ -41,27 +45,59 @@ def duck_envelope(intervals: list[tuple[float, float]], duration: float, duck_db
     return (1.0 - depth * (1.0 - duck)).astype(np.float32)
 
 
-def mix_to_wav(original, dub, out, envelope: np.ndarray, duration: float) -> None:
+class TimelineReader:
+    """The original audio (a 16-bit WAV on the source's timeline) read on the export's timeline: silence where
+    the picture is held (fit extend_video) and after the original ends."""
+
+    def __init__(self, wav: wave.Wave_read, timeline: Timeline | None = None):
+        self.wav = wav
+        self.channels = wav.getnchannels()
+        rate = wav.getframerate()
+        timeline = timeline or Timeline(duration=wav.getnframes() / rate)
+        self.pieces = timeline.pieces(rate)
+        self.pos = 0  # on the export's timeline, in frames
+        self.src = 0  # frames read from the WAV
+
+    def read(self, n: int) -> np.ndarray:
+        out = np.zeros((n, self.channels), dtype=np.float32)
+        end = self.pos + n
+        for at, length, src in self.pieces:
+            lo, hi = max(at, self.pos), min(at + length, end)
+            if hi <= lo or src is None:
+                continue
+            want = src + (lo - at)
+            if want >= self.wav.getnframes():  # the original ended early: silence from here
+                continue
+            if want != self.src:
+                self.wav.setpos(want)
+                self.src = want
+            raw = self.wav.readframes(hi - lo)
+            got = np.frombuffer(raw, dtype="<i2").astype(np.float32).reshape(-1, self.channels) / 32768.0
+            out[lo - self.pos:lo - self.pos + len(got)] = got
+            self.src += len(got)
+        self.pos = end
+        return out
+
+
+def mix_to_wav(original, dub, out, envelope: np.ndarray, duration: float, timeline: Timeline | None = None) -> None:
     """Stream original (stereo) x envelope + dub (mono, both channels) into a 16-bit WAV of `duration`
-    seconds, block by block, so memory stays flat however long the media is. An original that ends
-    early (a video whose sound stops before its picture) is continued with silence: the mix covers
-    the whole length."""
+    seconds (the export's timeline), block by block, so memory stays flat however long the media is. The
+    original follows the export's timeline: silence where the picture is held, and after an original that
+    ends early (a video whose sound stops before its picture)."""
     frame_t = np.arange(len(envelope)) * FRAME_S
     total = int(round(duration * MIX_RATE))
     with wave.open(str(original), "rb") as o, wave.open(str(dub), "rb") as d, wave.open(str(out), "wb") as w:
         w.setnchannels(2)
         w.setsampwidth(2)
         w.setframerate(MIX_RATE)
-        ch = o.getnchannels()
+        source = TimelineReader(o, timeline)
         block = int(BLOCK_S * MIX_RATE)
         pos = 0
         while pos < total:
             n = min(block, total - pos)
-            orig = np.frombuffer(o.readframes(n), dtype="<i2").astype(np.float32).reshape(-1, ch) / 32768.0
-            if ch == 1:
+            orig = source.read(n)
+            if orig.shape[1] == 1:
                 orig = np.repeat(orig, 2, axis=1)
-            if orig.shape[0] < n:
-                orig = np.pad(orig, ((0, n - orig.shape[0]), (0, 0)))
             speech = np.frombuffer(d.readframes(n), dtype="<i2").astype(np.float32) / 32768.0
             if len(speech) < n:
                 speech = np.pad(speech, (0, n - len(speech)))
@@ -72,38 +108,55 @@ def mix_to_wav(original, dub, out, envelope: np.ndarray, duration: float) -> Non
 
 
 @dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"ffmpeg"}, deps=[dubbed_speech],
-          code_version="1",
+          code_version="2", check_specs=checks.specs("dubbed_mix"),
           description="Original audio ducked under the dub, loudness-normalised (EBU R128), encoded.")
 def dubbed_mix(context: dg.AssetExecutionContext, job_store: JobStore,
                storage: MediaStorage) -> dg.MaterializeResult:
-    return mix_job(job_store.get_job(context.partition_key), storage)
+    return mix_job(job_store.get_job(context.partition_key), storage, accepted=accepted_checks(context))
 
 
-def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
-    """The stage as a plain function: the original ducked under the dub, normalised, encoded."""
+def mix_job(job: JobRecord, storage: MediaStorage, accepted: frozenset[str] = frozenset()) -> dg.MaterializeResult:
+    """The stage as a plain function: the original ducked under the dub, normalised, encoded, its loudness
+    checked (one corrective encode when the first misses the target or the true-peak limit)."""
     speech = storage.read_json(job.id, "speech.json")
-    codec, bitrate, suffix = media.MIX_CODECS[output_container(job, storage.read_json(job.id, "source.json"))]
+    source = storage.read_json(job.id, "source.json")
+    codec, bitrate, suffix = media.MIX_CODECS[output_container(job, source)]
+    opts = job.options
     if speech["no_speech"]:
         storage.write_json(job.id, "mix.json", {"no_speech": True})
-        return dg.MaterializeResult(metadata={"no_speech": True, "note": "no speech: nothing to mix",
-                                              **media.version_metadata()})
-    duration = storage.read_json(job.id, "source.json")["duration_s"]
+        return dg.MaterializeResult(
+            metadata={"no_speech": True, "note": "no speech: nothing to mix", **media.version_metadata()},
+            check_results=[checks.result(checks.LOUDNESS, True, {"no_speech": True},
+                                         "no speech: the export carries the original audio as it is")])
+    timeline = Timeline.from_dict(speech.get("timeline"), source["duration_s"])
+    duration = timeline.extended
     intervals = [(s["placed_start"], s["placed_end"]) for s in speech["segments"]]
-    opts = job.options
+    limit = opts.max_true_peak_db - 0.5  # the limiter works on samples; the encoder and true peak add a little
     with storage.scratch(job.id), stage_errors("dubbed_mix"), Timer() as t:
         mix_path = storage.artifact(job.id, "mix" + suffix)
         raw = storage.artifact(job.id, "mix_raw.wav")
         mix_to_wav(storage.fetch(job.id, "original.wav"), storage.fetch(job.id, "dub_track.wav"),
-                   raw, duck_envelope(intervals, duration, opts.duck_db), duration)
+                   raw, duck_envelope(intervals, duration, opts.duck_db), duration, timeline)
         measured = media.measure_loudness(raw, true_peak=False)
         gain = opts.target_lufs - measured.integrated_lufs if measured.integrated_lufs > -70 else 0.0
-        media.encode_audio(raw, mix_path, gain_db=gain, codec=codec, bitrate=bitrate)
+        media.encode_audio(raw, mix_path, gain_db=gain, codec=codec, bitrate=bitrate, limit_db=limit)
         final = media.measure_loudness(mix_path)
+        passes = 1
+        off = opts.target_lufs - final.integrated_lufs
+        if final.integrated_lufs > -70 and (abs(off) > opts.loudness_tolerance_lu / 2
+                                            or final.true_peak_dbfs > opts.max_true_peak_db):
+            # one corrective encode: the limiter took loudness away, or the encode overshot the peak limit
+            gain += off
+            limit -= max(0.0, final.true_peak_dbfs - opts.max_true_peak_db) + 0.3
+            media.encode_audio(raw, mix_path, gain_db=gain, codec=codec, bitrate=bitrate, limit_db=limit)
+            final = media.measure_loudness(mix_path)
+            passes = 2
         raw.unlink(missing_ok=True)
         storage.save(job.id, mix_path.name)
     storage.write_json(job.id, "mix.json", {
         "no_speech": False, "file": mix_path.name, "codec": codec, "gain_db": round(gain, 2),
         "integrated_lufs": final.integrated_lufs, "lra": final.lra, "true_peak_dbfs": final.true_peak_dbfs,
+        "timeline_s": round(duration, 3),
     })
     return dg.MaterializeResult(metadata={
         "integrated_lufs": final.integrated_lufs,
@@ -111,9 +164,13 @@ def mix_job(job: JobRecord, storage: MediaStorage) -> dg.MaterializeResult:
         "loudness_range_lu": final.lra,
         "true_peak_dbfs": final.true_peak_dbfs,
         "gain_db": round(gain, 2),
+        "limiter_db": round(limit, 2),
+        "encode_passes": passes,
         "codec": codec,
         "duck_db": opts.duck_db,
         "ducked_s": round(sum(e - s for s, e in intervals), 2),
+        "timeline_s": round(duration, 3),
         "mix_s": t.seconds,
         **media.version_metadata(),
-    })
+    }, check_results=[checks.loudness_check(final.integrated_lufs, final.true_peak_dbfs, opts.target_lufs,
+                                            opts.loudness_tolerance_lu, opts.max_true_peak_db, accepted)])

@@ -1,14 +1,12 @@
-"""TTS of each translated segment, fitted into its original slot.
-
-Fitting, per segment: speak at the voice's natural rate; if the speech is longer than its slot,
-first borrow the silence that follows (up to the next segment's start, minus a small gap); only
-if it still does not fit, speed it up (ffmpeg atempo, pitch kept) up to `max_speed`; if even that
-is not enough, trim the tail with a short fade. A segment never overlaps the next one.
+"""TTS of each translated segment, fitted into its original slot (dubbing_assets/fit.py: trimmed speech,
+borrowed silence, shortened pauses, the engine's own faster rate then atempo up to `max_speed`, an earlier
+start, and only then the job's `fit`: review, cut, or extend_video), placed on one track on the export's
+timeline, with its quality checks evaluated here: speech_speed, speech_kept, coverage, no_overlap.
 
 Segment cache: the raw speech of a segment is kept as `tts_cache/<key>.wav`, the key a hash of its text,
-voice and engine version (`segment_key`). A re-dub after an edit synthesises only the segments whose text,
-voice or engine changed and reuses the rest; the fitting (which depends on the neighbours' timing) is
-redone for all, cheaply. Entries no segment uses any more are removed at the end of the stage.
+voice, engine version and speaking rate (`segment_key`). A re-dub after an edit synthesises only the segments
+whose text, voice, engine or needed rate changed and reuses the rest; the fitting (which depends on the
+neighbours' timing) is redone for all, cheaply. Entries no segment uses any more are removed at the end.
 """
 
 
@@ -21,18 +19,27 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from dubbing_assets.checks import NO_OVERLAP, no_overlap_check
+from dubbing_assets import checks
 from dubbing_assets.extracted_audio import MIX_RATE
+from dubbing_assets.fit import (
+    FADE_S,
+    Policy,
+    SegmentPlan,
+    measure_speech,
+    plan_fits,
+    prepare_speech,
+    speech_bounds,
+)
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, log_progress, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, accepted_checks, log_progress, stage_errors
 from dubbing_assets.translation import translation
 from resources import media
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
 from resources.tts import TtsResource, version_metadata
 
-GAP_S = 0.05  # silence kept between one dubbed segment and the next
-FADE_S = 0.03
+ENGINE_RATE_MIN = 1.03  # below this speed-up atempo alone is as clear and saves a synthesis
+TAIL_PAD_S = 0.1  # silence after the speech through atempo, which drops its last partial window (~20 ms)
 
 
 @dataclass
@@ -41,30 +48,22 @@ class Placement:
     start: float
     end: float
     natural_s: float
-    speed: float
+    speed: float  # measured: the natural speech's length over the placed speech's
     placed_start: float
     placed_end: float
     borrowed_s: float
-    truncated: bool
+    truncated: bool  # cut (fit review or cut): cut_s seconds of its speech are missing
     text: str
     voice: str = ""
     cache_key: str = ""
-
-
-def plan_slot(start: float, end: float, natural_s: float, next_start: float,
-              max_speed: float) -> tuple[float, float, bool]:
-    """(speed, placed duration, truncated) for speech of `natural_s` seconds in [start, end),
-    allowed to run on to `next_start` - GAP_S."""
-    available = next_start - GAP_S - start
-    if available <= 0:  # the next segment starts within GAP_S of this one: no room to speak at all
-        return 1.0, 0.0, natural_s > 0
-    if natural_s <= available:
-        return 1.0, natural_s, False
-    speed = min(natural_s / available, max_speed)
-    placed = natural_s / speed
-    if placed > available + 1e-6:
-        return speed, available, True
-    return speed, placed, False
+    borrowed_before_s: float = 0.0
+    borrowed_after_s: float = 0.0
+    shift_s: float = 0.0
+    compressed_s: float = 0.0
+    cut_s: float = 0.0
+    hold_s: float = 0.0
+    engine_rate: float = 1.0
+    tempo: float = 1.0
 
 
 def reference_clip(storage: MediaStorage, job_id: str, segments: list[dict]) -> Path | None:
@@ -85,9 +84,11 @@ def reference_clip(storage: MediaStorage, job_id: str, segments: list[dict]) -> 
 CACHE_DIR = "tts_cache"
 
 
-def segment_key(text: str, engine, voice_id: str) -> str:
-    """The cache key of a segment's raw speech: what decides the sound (text, engine, its version, voice)."""
-    blob = json.dumps([text, engine.name, engine.version, voice_id], ensure_ascii=False)
+def segment_key(text: str, engine, voice_id: str, rate: float = 1.0) -> str:
+    """The cache key of a segment's raw speech: what decides the sound (text, engine, its version, voice and,
+    when the engine speaks faster, its rate)."""
+    parts = [text, engine.name, engine.version, voice_id] + ([f"{rate:.2f}"] if abs(rate - 1.0) > 1e-9 else [])
+    blob = json.dumps(parts, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
@@ -96,48 +97,52 @@ def engine_voice(engine) -> str:
     return f"{engine.name}:{getattr(engine, 'voice', None) or getattr(engine, 'voice_name', None) or 'speaker'}"
 
 
-def place(track: np.ndarray, fitted: Path, seg: dict, raw: Path, natural: float, speed: float,
-          placed_len: float, truncated: bool) -> Placement:
-    """Add a fitted segment to the track at its start, cut to its placed length (faded out when
-    truncated), never past the track's end."""
+def place(track: np.ndarray, fitted: Path, plan: SegmentPlan, natural_trimmed: float) -> tuple[int, float]:
+    """Add a fitted segment to the track at its planned start, cut to its planned length (faded out when
+    cut), never past the track's end. Returns (samples placed, measured speed: the natural speech's length
+    over the fitted speech's, before any cut)."""
     samples, _ = media.read_wav_mono(fitted)
-    n = min(len(samples), int(round(placed_len * MIX_RATE)))
+    samples = samples[:speech_bounds(samples, MIX_RATE)[1]]  # the tail padding (TAIL_PAD_S) off again
+    fitted_s = len(samples) / MIX_RATE
+    n = min(len(samples), int(round(plan.placed_s * MIX_RATE)))
     samples = samples[:n].copy()
-    if truncated:
+    if plan.cut_s > 0:
         fade = min(n, int(FADE_S * MIX_RATE))
         samples[n - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
-    at = int(round(seg["start"] * MIX_RATE))
+    at = int(round(plan.placed_start * MIX_RATE))
     n = max(0, min(n, len(track) - at))
     track[at:at + n] += samples[:n]
-    return Placement(
-        id=seg["id"], start=seg["start"], end=seg["end"], natural_s=round(natural, 3),
-        speed=round(speed, 4), placed_start=seg["start"],
-        placed_end=round(seg["start"] + n / MIX_RATE, 3),
-        borrowed_s=round(max(0.0, n / MIX_RATE - (seg["end"] - seg["start"])), 3),
-        truncated=truncated, text=seg["text"], voice=seg.get("voice") or "", cache_key=raw.stem,
-    )
+    return n, (natural_trimmed / fitted_s if fitted_s > 0 else 1.0)
 
 
 @dg.asset(partitions_def=dub_jobs, group_name=GROUP, kinds={"python"}, deps=[translation],
-          code_version="1", pool="tts", check_specs=[dg.AssetCheckSpec(NO_OVERLAP, asset="dubbed_speech",
-                                                           description="no dubbed segment overlaps the next")],
+          code_version="2", pool="tts", check_specs=checks.specs("dubbed_speech"),
           description="The translation spoken by the TTS engine, each segment fitted to its original slot.")
 def dubbed_speech(context: dg.AssetExecutionContext, job_store: JobStore, storage: MediaStorage,
                   tts: TtsResource) -> dg.MaterializeResult:
-    return speak_job(job_store.get_job(context.partition_key), storage, tts, log=context.log)
+    return speak_job(job_store.get_job(context.partition_key), storage, tts, log=context.log,
+                     accepted=accepted_checks(context))
 
 
-def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
-              log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:
+def policy_of(job: JobRecord) -> Policy:
+    opts = job.options
+    return Policy(max_speed=float(opts.max_speed), max_shift_s=float(opts.max_shift_s), fit=opts.fit)
+
+
+def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource, log: logging.Logger = STAGE_LOG,
+              accepted: frozenset[str] = frozenset(), policy: Policy | None = None) -> dg.MaterializeResult:
     """The stage as a plain function: every translated segment spoken (or taken from the segment cache),
-    fitted, placed on one track."""
+    fitted, placed on one track; its checks evaluated. `accepted` names checks a reviewer accepted (they
+    report a failure as a warning); `policy` overrides the job's fitting options (the benchmark's "before")."""
+    policy = policy or policy_of(job)
     segments = [s for s in storage.read_json(job.id, "translation.json")["segments"] if s["text"].strip()]
     duration = storage.read_json(job.id, "source.json")["duration_s"]
     previous = _previous_keys(storage, job.id)
+    used: set[str] = set()
+    synthesized_ids: set[int] = set()
     placements: list[Placement] = []
-    synthesized = 0
     with storage.scratch(job.id), stage_errors("dubbed_speech"), Timer() as t:
-        seg_dir = storage.artifact(job.id, "segments")  # fitted per-segment WAVs: scratch, never saved
+        seg_dir = storage.artifact(job.id, "segments")  # prepared and fitted per-segment WAVs: scratch
         seg_dir.mkdir(exist_ok=True)
         storage.artifact(job.id, CACHE_DIR).mkdir(exist_ok=True)
         engines: dict[str | None, object] = {}
@@ -153,43 +158,86 @@ def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
                 engines[voice] = engine
             return engines[voice]
 
-        engine = engine_for(None)  # the job's voice: what the metadata reports
-        plans = []  # (segment, raw wav, natural s, speed, placed s, truncated), spoken one by one
-        for i, seg in enumerate(segments):
-            next_start = segments[i + 1]["start"] if i + 1 < len(segments) else duration + GAP_S
+        def speech(seg: dict, rate: float = 1.0) -> tuple[Path, str]:
+            """The segment's raw speech at `rate` (from the cache, or synthesised and cached)."""
             seg_engine = engine_for(seg.get("voice") or None)
-            key = segment_key(seg["text"], seg_engine, engine_voice(seg_engine))
+            key = segment_key(seg["text"], seg_engine, engine_voice(seg_engine), rate)
             name = f"{CACHE_DIR}/{key}.wav"
             raw = _cached(storage, job.id, name) if key in previous or _local_hit(storage, job.id, name) else None
             if raw is None:
-                raw = seg_engine.synthesize(seg["text"], storage.artifact(job.id, name))
+                raw = seg_engine.synthesize(seg["text"], storage.artifact(job.id, name), speed=rate)
                 storage.save(job.id, name)
                 previous.add(key)
-                synthesized += 1
-            natural = media.wav_duration(raw)
-            plans.append((seg, raw, natural, *plan_slot(seg["start"], seg["end"], natural, next_start,
-                                                        job.options.max_speed)))
+                synthesized_ids.add(seg["id"])
+            used.add(key)
+            return raw, key
+
+        engine = engine_for(None)  # the job's voice: what the metadata reports
+        natural: list[tuple[np.ndarray, int, Path, str]] = []
+        for i, seg in enumerate(segments):
+            raw, key = speech(seg)
+            samples, rate = media.read_wav_mono(raw)
+            natural.append((samples, rate, raw, key))
             log_progress(log, i + 1, len(segments), "segments")
+        lengths = [measure_speech(samples, rate) for samples, rate, _, _ in natural]
+        plans, timeline = plan_fits(segments, lengths, duration, policy)
+
+        jobs = []  # (prepared wav, fitted wav, tempo) for one ffmpeg process
+        chosen = []  # per segment: (engine rate, cache key, natural trimmed seconds)
+        for seg, plan, (samples, rate, raw, key), (length, _) in zip(segments, plans, natural, lengths, strict=True):
+            engine_rate = 1.0
+            target = plan.placed_s + plan.cut_s  # the speech's length at its planned speed, before any cut
+            if plan.speed >= ENGINE_RATE_MIN:  # step 4: the engine's own faster rate first
+                wanted = round(plan.speed, 2)
+                fast_raw, fast_key = speech(seg, wanted)
+                fast, fast_rate = media.read_wav_mono(fast_raw)
+                fast_length, _ = measure_speech(fast, fast_rate)
+                achieved = length / fast_length if fast_length > 0 else 0.0
+                if 1.0 < achieved <= policy.max_speed:  # it helped, and did not overshoot the cap
+                    samples, rate, key, engine_rate = fast, fast_rate, fast_key, achieved
+            trimmed = prepare_speech(samples, rate, 0.0)
+            remove = min(plan.compressed_s, max(0.0, len(trimmed) / rate - target)) if plan.compressed_s else 0.0
+            prepared = prepare_speech(samples, rate, remove) if remove > 0 else trimmed
+            prepared_s = len(prepared) / rate
+            tempo = max(1.0, prepared_s / target) if target > 0 else 1.0
+            padded = np.concatenate([prepared, np.zeros(int(TAIL_PAD_S * rate), dtype=np.float32)])
+            src = media.write_wav(seg_dir / f"{seg['id']:05d}.prep.wav", padded, rate)
+            jobs.append((src, seg_dir / f"{seg['id']:05d}.wav", tempo))
+            chosen.append((engine_rate, key, tempo))
         # one ffmpeg process for all the retiming (a process per segment cost more than the work)
-        fitted = media.retime_wavs([(raw, seg_dir / f"{seg['id']:05d}.wav", speed)
-                                    for seg, raw, _, speed, _, _ in plans], rate=MIX_RATE)
-        track = np.zeros(int(round(duration * MIX_RATE)), dtype=np.float32)
-        for plan, wav in zip(plans, fitted, strict=True):
-            placements.append(place(track, wav, *plan))
+        fitted = media.retime_wavs(jobs, rate=MIX_RATE)
+        track = np.zeros(int(round(timeline.extended * MIX_RATE)), dtype=np.float32)
+        for seg, plan, wav, (engine_rate, key, tempo), (length, _) in zip(segments, plans, fitted, chosen, lengths,
+                                                                         strict=True):
+            n, speed = place(track, wav, plan, length - plan.compressed_s)
+            placements.append(Placement(
+                id=seg["id"], start=seg["start"], end=seg["end"], natural_s=round(length, 3),
+                speed=round(speed, 4), placed_start=round(plan.placed_start, 3),
+                placed_end=round(plan.placed_start + n / MIX_RATE, 3),
+                borrowed_s=round(plan.borrowed_before_s + plan.borrowed_after_s, 3), truncated=plan.cut_s > 0,
+                text=seg["text"], voice=seg.get("voice") or "", cache_key=key,
+                borrowed_before_s=round(plan.borrowed_before_s, 3), borrowed_after_s=round(plan.borrowed_after_s, 3),
+                shift_s=round(plan.shift_s, 3), compressed_s=round(plan.compressed_s, 3), cut_s=round(plan.cut_s, 3),
+                hold_s=round(plan.hold_s, 3), engine_rate=round(engine_rate, 3), tempo=round(tempo, 4)))
         media.write_wav(storage.artifact(job.id, "dub_track.wav"), track, MIX_RATE)
         storage.save(job.id, "dub_track.wav")
-    used = {p.cache_key for p in placements}
+        results = checks.speech_checks(placements, track, MIX_RATE, policy, timeline, accepted)
     stale = sorted(previous - used)
     storage.remove_artifacts(job.id, [f"{CACHE_DIR}/{k}.wav" for k in stale])
     storage.write_json(job.id, "speech.json", {
         "engine": engine.name, "engine_version": engine.version,
         "voice": getattr(engine, "voice", None) or getattr(engine, "voice_name", None),
         "no_speech": not placements, "segments": [asdict(p) for p in placements],
-        "cache_keys": sorted(used),
+        "cache_keys": sorted(used), "fit": policy.fit, "max_speed": policy.max_speed,
+        "timeline": timeline.to_dict(),
     })
+    synthesized = len(synthesized_ids)
     reused = len(placements) - synthesized
     if placements:
         log.info(f"segment cache: {synthesized} synthesised, {reused} reused, {len(stale)} stale removed")
+    for result in results:
+        if not result.passed:
+            log.warning(f"check {result.check_name}: {result.description}")
     speeds = [p.speed for p in placements] or [1.0]
     return dg.MaterializeResult(
         metadata={
@@ -197,16 +245,20 @@ def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource,
             "segments": len(placements),
             "tts_synthesized": synthesized,
             "tts_reused": reused,
-            "sped_up": sum(1 for s in speeds if s > 1.0),
+            "sped_up": sum(1 for s in speeds if s > 1.005),
             "truncated": sum(1 for p in placements if p.truncated),
+            "cut_s": round(sum(p.cut_s for p in placements), 2),
+            "held_s": round(sum(p.hold_s for p in placements), 2),
+            "fit": policy.fit,
             "mean_speed": round(float(np.mean(speeds)), 3),
             "max_speed": round(max(speeds), 3),
             "borrowed_s": round(sum(p.borrowed_s for p in placements), 2),
             "speech_s": round(sum(p.placed_end - p.placed_start for p in placements), 2),
+            "timeline_s": round(timeline.extended, 3),
             "tts_s": t.seconds,
             "speed_ratios": dg.MetadataValue.json([p.speed for p in placements][:500]),
         },
-        check_results=[no_overlap_check(placements)],
+        check_results=results,
     )
 
 

@@ -20,6 +20,14 @@ dub_job = dg.define_asset_job(
 
 STAGES = ["source_media", "extracted_audio", "transcript", "translation", "dubbed_speech",
           "dubbed_mix", "dubbed_video"]
+REDUB_STAGES = ["dubbed_speech", "dubbed_mix", "dubbed_video"]  # a re-dub after a segment edit
+
+
+def stages_from(first: str) -> list[str]:
+    """`first` and every stage after it, in pipeline order."""
+    return STAGES[STAGES.index(first):]
+
+
 # Short names people see (web UI, notifications)
 STAGE_LABELS = {
     "source_media": "Probe", "extracted_audio": "Extract audio", "transcript": "ASR",

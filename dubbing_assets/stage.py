@@ -31,6 +31,15 @@ def stage_errors(stage: str):
         raise dg.Failure(description=f"{stage}: {exc}", allow_retries=False) from None
 
 
+ACCEPT_TAG = "dubbing/accept"  # a run's tag: the checks a reviewer accepted ("publish anyway"), comma-separated
+ACCEPTED_BY_TAG = "dubbing/accepted_by"
+
+
+def accepted_checks(context) -> frozenset[str]:
+    """The checks this run's reviewer accepted: they report a failure as a warning, and the run goes on."""
+    return frozenset(filter(None, (context.run.tags.get(ACCEPT_TAG) or "").split(",")))
+
+
 class Timer:
     def __enter__(self):
         self.started = time.perf_counter()

@@ -69,6 +69,7 @@ class RunRequestRow(Base):
     reason: Mapped[str] = mapped_column(sa.Text, nullable=False, default="", server_default="")
     requested_by: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), nullable=False)
+    accept: Mapped[str] = mapped_column(sa.Text, nullable=False, default="[]", server_default="[]")
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,13 @@ class RunRequestRecord:
     reason: str
     requested_by: str | None
     created_at: dt.datetime
+    accept: tuple[str, ...] = ()  # quality checks a reviewer accepted ("publish anyway")
 
     @classmethod
     def from_row(cls, row: RunRequestRow) -> "RunRequestRecord":
         return cls(seq=row.seq, key=row.key, job_id=row.job_id, kind=row.kind, stages=json.loads(row.stages),
-                   reason=row.reason, requested_by=row.requested_by, created_at=_utc(row.created_at))
+                   reason=row.reason, requested_by=row.requested_by, created_at=_utc(row.created_at),
+                   accept=tuple(json.loads(row.accept or "[]")))
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -98,6 +101,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 TTS_ENGINES = ("auto", "espeak", "piper", "xtts")
 TRANSLATORS = ("auto", "apertium", "argos", "libretranslate", "passthrough")
 CONTAINERS = ("auto", "mkv", "mp4")
+FITS = ("review", "extend_video", "cut")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,12 @@ class JobOptions:
     max_speed: float = 1.35
     duck_db: float = -14.0
     target_lufs: float = -16.0
+    # what happens to speech that does not fit even at max_speed (dubbing_assets/fit.py):
+    # review (the job needs review) | extend_video (the picture is held) | cut (cut, with a warning)
+    fit: str = "review"
+    max_shift_s: float = 0.5  # how much earlier than its original start a segment may begin
+    loudness_tolerance_lu: float = 1.0  # the loudness check: target_lufs +- this
+    max_true_peak_db: float = -1.0  # the loudness check: true peak at most this (dBTP)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "JobOptions":
@@ -118,7 +128,8 @@ class JobOptions:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown job option(s): {', '.join(sorted(unknown))}")
-        for key in ("max_speed", "duck_db", "target_lufs"):
+        for key in ("max_speed", "duck_db", "target_lufs", "max_shift_s", "loudness_tolerance_lu",
+                    "max_true_peak_db"):
             if key in data:
                 try:
                     data[key] = float(data[key])
@@ -133,6 +144,16 @@ class JobOptions:
             raise ValueError(f"container must be auto, mkv or mp4, not {opts.container!r}")
         if not 1.0 <= float(opts.max_speed) <= 2.0:
             raise ValueError("max_speed must be between 1.0 and 2.0")
+        if opts.fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, not {opts.fit!r}")
+        if not 0.0 <= float(opts.max_shift_s) <= 2.0:
+            raise ValueError("max_shift_s must be between 0 and 2 seconds")
+        if not 0.1 <= float(opts.loudness_tolerance_lu) <= 10.0:
+            raise ValueError("loudness_tolerance_lu must be between 0.1 and 10")
+        if not -10.0 <= float(opts.max_true_peak_db) <= 0.0:
+            raise ValueError("max_true_peak_db must be between -10 and 0 dBTP")
+        if not -40.0 <= float(opts.target_lufs) <= -5.0:
+            raise ValueError("target_lufs must be between -40 and -5 LUFS")
         return opts
 
     def to_dict(self) -> dict[str, Any]:
@@ -331,7 +352,7 @@ class JobStore(dg.ConfigurableResource):
                                 .values(expired_at=now))
 
     def add_run_request(self, job_id: str, *, kind: str, stages: list[str], key: str, reason: str = "",
-                        requested_by: str | None = None) -> tuple[RunRequestRecord, bool]:
+                        requested_by: str | None = None, accept: list[str] = ()) -> tuple[RunRequestRecord, bool]:
         """Queue a run for the run request sensor: (the request, True if new). The key is unique: asking again
         with the same key returns the first request and queues nothing."""
         def first() -> RunRequestRecord | None:
@@ -343,7 +364,8 @@ class JobStore(dg.ConfigurableResource):
         if existing is not None:
             return existing, False
         row = RunRequestRow(key=key, job_id=job_id, kind=kind, stages=json.dumps(list(stages)), reason=reason[:2000],
-                            requested_by=requested_by, created_at=dt.datetime.now(dt.timezone.utc))
+                            requested_by=requested_by, created_at=dt.datetime.now(dt.timezone.utc),
+                            accept=json.dumps(sorted(accept)))
         try:
             with sa.orm.Session(self.engine(), expire_on_commit=False) as session, session.begin():
                 session.add(row)

@@ -445,6 +445,50 @@ def media_streams(path: Path) -> list[dict]:
         raise MediaError(f"probing {Path(path).name} failed: {stderr_tail(exc.stderr, paths=[str(path)])}") from None
 
 
+def subtitle_cues(path: Path, index: int = 0) -> list[tuple[float, float]]:
+    """(start, end) of each cue of the `index`th subtitle stream, as ffprobe reads the packets (the times a
+    player shows them), relative to the file's start. MP4's mov_text fills the gaps between cues with empty
+    samples (two bytes: a zero text length); those are not cues."""
+    try:
+        info = ffmpeg.probe(str(path), v="error", select_streams=f"s:{index}",
+                            show_entries="packet=pts_time,duration_time,size:format=start_time")
+    except ffmpeg.Error as exc:
+        raise MediaError(f"reading the subtitles of {Path(path).name} failed: "
+                         f"{stderr_tail(exc.stderr, paths=[str(path)])}") from None
+    origin = float((info.get("format") or {}).get("start_time") or 0.0)
+    out = []
+    for packet in info.get("packets", []):
+        if int(packet.get("size") or 0) <= 2:
+            continue
+        start = float(packet.get("pts_time") or 0.0) - origin
+        out.append((round(start, 3), round(start + float(packet.get("duration_time") or 0.0), 3)))
+    return out
+
+
+def decoded_seconds(path: Path, stream: str = "a:0") -> float | None:
+    """How long a stream really plays: decoded to the end (encoder delay and padding removed, as a player
+    does). None when there is no such stream."""
+    if not any(s.get("codec_type") == {"a": "audio", "v": "video", "s": "subtitle"}[stream[0]]
+               for s in media_streams(path)):
+        return None
+    if stream[0] != "a":
+        err = run(ffmpeg.input(str(path))[stream].output("-", format="null").global_args("-v", "error", "-stats"),
+                  f"decoding {Path(path).name}").decode("utf-8", "replace")
+        return _last_stats_time(err)
+    # audio: count the decoded samples (timestamps would carry the muxer's shift and the encoder's delay)
+    rate = 8000
+    args = ffmpeg.compile(ffmpeg.input(str(path))[stream].output("-", format="s16le", ac=1, ar=rate)
+                          .global_args("-v", "error", "-nostdin"))
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        total = 0
+        while chunk := proc.stdout.read(1 << 20):
+            total += len(chunk)
+        stderr = proc.stderr.read()
+    if proc.returncode != 0:
+        raise MediaError(f"decoding {Path(path).name} failed: {stderr_tail(stderr, paths=args)}")
+    return total / 2 / rate
+
+
 MP4_AUDIO_CODECS = {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"}
 MP4_VIDEO_CODECS = {"h264", "hevc", "av1", "vp9", "mpeg4"}
 
@@ -470,21 +514,43 @@ def copies_video(container: str, video_codec: str | None, rotation: int = 0) -> 
     return (video_codec or "") in MP4_VIDEO_CODECS
 
 
+def held_picture(video, holds: list[tuple[float, float]], duration: float, fps: str):
+    """The picture with each (source time, seconds) hold frozen in: frames after a hold move later by its
+    length (setpts), the gap is filled with the frame before it (fps duplicates), and a hold at the end
+    clones the last frame (tpad)."""
+    inner = [(at, d) for at, d in holds if at < duration - 0.02]
+    end = sum(d for at, d in holds if at >= duration - 0.02)
+    if inner:
+        shift = "+".join(f"{d:.4f}*gte(T,{at:.4f})" for at, d in inner)
+        video = video.filter("setpts", f"PTS-STARTPTS+({shift})/TB")
+    if end > 0:
+        video = video.filter("tpad", stop_mode="clone", stop_duration=f"{end:.4f}")
+    return video.filter("fps", fps=fps)
+
+
 def mux(source: Path, out: Path, *, has_video: bool, source_lang: str, original_codec: str,
         video_codec: str | None, dub: Track | None, subtitles: list[Track], container: str = "mkv",
-        rotation: int = 0) -> Path:
+        rotation: int = 0, holds: list[tuple[float, float]] = (), duration: float = 0.0, fps: str = "30",
+        original: Path | None = None) -> Path:
     """The export: video stream copied (or turned upright, see copies_video); the dubbed track first and
-    default, the original track second; subtitle streams; ISO 639-2 language tags and titles on every stream."""
+    default, the original track second; subtitle streams; ISO 639-2 language tags and titles on every stream.
+
+    With `holds` (fit extend_video) the picture is held at those source times (held_picture, encoded again)
+    and `original` is the original sound already on that longer timeline (encoded instead of copied)."""
     src = ffmpeg.input(str(source))
     streams, opts = [], {}
     index = 0
     if has_video:
-        streams.append(src["v:0"])
-        if copies_video(container, video_codec, rotation):
+        if holds:  # encoded again (autorotate turns a rotated picture upright on the way)
+            streams.append(held_picture(src["v:0"], list(holds), duration, fps))
+            opts.update(REENCODE_VIDEO)
+        elif copies_video(container, video_codec, rotation):
+            streams.append(src["v:0"])
             opts["c:v"] = "copy"
             if container == "mp4" and video_codec == "hevc":
                 opts["tag:v"] = "hvc1"  # the tag Apple's players need to play HEVC from MP4
         else:
+            streams.append(src["v:0"])
             opts.update(REENCODE_VIDEO)  # ffmpeg's autorotate turns the decoded picture upright
         opts["metadata:s:v:0"] = f"language={iso639_2(source_lang)}"
         opts[f"metadata:s:{index}"] = "title=Video"
@@ -498,9 +564,15 @@ def mux(source: Path, out: Path, *, has_video: bool, source_lang: str, original_
         opts[f"disposition:a:{audio_i}"] = "default"
         audio_i += 1
         index += 1
-    streams.append(src["a:0"])
-    keep = container == "mkv" or original_codec in MP4_AUDIO_CODECS
-    opts[f"c:a:{audio_i}"] = "copy" if keep else "aac"
+    if original is not None:
+        streams.append(ffmpeg.input(str(original))["a:0"])
+        codec, bitrate, _ = MIX_CODECS[container]
+        opts[f"c:a:{audio_i}"] = codec
+        opts[f"b:a:{audio_i}"] = bitrate
+    else:
+        streams.append(src["a:0"])
+        keep = container == "mkv" or original_codec in MP4_AUDIO_CODECS
+        opts[f"c:a:{audio_i}"] = "copy" if keep else "aac"
     opts[f"metadata:s:a:{audio_i}"] = f"language={iso639_2(source_lang)}"
     opts[f"metadata:s:{index}"] = f"title={language_name(source_lang)} (original)"
     opts[f"disposition:a:{audio_i}"] = "default" if dub is None else "0"

@@ -319,8 +319,8 @@ class NtfyResource(dg.ConfigurableResource):
                     source_lang: str, target_lang: str, media_seconds: float | None = None,
                     run_seconds: float | None = None, stage_label: str | None = None,
                     error: str | None = None, download: str | None = None, what: str = "Dub") -> dict[str, Any]:
-        """The ntfy message for a finished, failed or cancelled dub job; `what` names the run ("Dub", or
-        "Re-dub" after a segment edit, "Reprocessed dub")."""
+        """The ntfy message for a finished, failed, needs-review or cancelled dub job; `what` names the run
+        ("Dub", or "Re-dub" after a segment edit, "Reprocessed dub"); for "review", `error` is "<check>: <reason>"."""
         langs = f"{source_lang} → {target_lang}"
         facts = [langs]
         if media_seconds is not None:
@@ -336,6 +336,11 @@ class NtfyResource(dg.ConfigurableResource):
             title = f"{what} failed at {stage_label}: {short}" if stage_label else f"{what} failed: {short}"
             body = f"{filename}\n" + " · ".join(facts) + (f"\n{error}" if error else "")
             tags = ["x", "clapper"]
+        elif event == "review":  # a blocking quality check stopped it: nothing was published
+            title = f"{what} needs review: {error}" if error else f"{what} needs review: {short}"
+            body = (f"{filename}\n" + " · ".join(facts)
+                    + "\nNot published: open the job to publish it anyway, or fix lines and re-dub.")
+            tags = ["warning", "clapper"]
         elif event == "cancel":
             title = f"{what} cancelled: {short}"
             body = f"{filename}\n" + " · ".join(facts)

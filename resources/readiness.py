@@ -663,18 +663,27 @@ def _opt(options, key: str) -> str:
     return value if isinstance(value, str) and value else "auto"
 
 
+def asr_language_reason(language: str, cfg: Config | None = None) -> str | None:
+    """Why the configured speech recognition cannot transcribe `language` here, or None when it can."""
+    cfg = cfg or Config.from_env()
+    asr = asr_item(cfg.asr_model, cfg)
+    if not asr.ready:
+        return "speech recognition not ready: " + "; ".join(asr.reasons)
+    if asr.languages == ["en"] and _base(language) != "en":
+        return (f"ASR model {shown(cfg.asr_model)} only transcribes English, not {language}; set ASR_MODEL "
+                "to a multilingual Whisper model")
+    return None
+
+
 def job_reasons(source: str, target: str, voice: str | None = None, options=None,
                 cfg: Config | None = None) -> list[str]:
     """Why a job source→target (with its voice and options) cannot run here; empty when it can.
     Disk space is checked separately (disk.ensure_free_space)."""
     cfg = cfg or Config.from_env()
     reasons = []
-    asr = asr_item(cfg.asr_model, cfg)
-    if not asr.ready:
-        reasons.append("speech recognition not ready: " + "; ".join(asr.reasons))
-    elif asr.languages == ["en"] and _base(source) != "en":
-        reasons.append(f"ASR model {shown(cfg.asr_model)} only transcribes English, not {source}; set ASR_MODEL "
-                       "to a multilingual Whisper model")
+    asr_reason = asr_language_reason(source, cfg)
+    if asr_reason:
+        reasons.append(asr_reason)
     plan = translation_plan(source, target, _opt(options, "translator"), default=cfg.translator,
                             lt_url=cfg.libretranslate_url, egress=cfg.egress)
     if not plan.ok:

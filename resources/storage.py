@@ -225,6 +225,13 @@ class MediaStorage(dg.ConfigurableResource):
                         found.append(Output(name, int(obj["Size"])))
         return sorted(found, key=lambda o: o.name)
 
+    def artifact_location(self, job_id: str, name: str) -> str:
+        """Where a stage artifact (or a folder of them, e.g. export/) is kept: a local path or an s3:// URL."""
+        if not self.is_s3:
+            return str(self.job_dir(job_id) / "work" / _check_name(name))
+        cfg = s3.settings()
+        return cfg.url(_work_key(cfg, job_id, name))
+
     def output_location(self, job_id: str, name: str = "") -> str:
         """Where an output (or, without a name, the outputs of a job) is: a local path or an s3:// URL."""
         if not self.is_s3:

@@ -10,6 +10,7 @@ import os
 
 import dagster as dg
 
+from dubbing_assets import checks
 from dubbing_assets.jobs import STAGE_LABELS, dub_job
 from resources.accounts import Accounts
 from resources.jobstore import JobStore
@@ -82,12 +83,19 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
     except (FileNotFoundError, ValueError, TypeError, OSError):
         pass
     detail = _failure_detail(instance, run.run_id, existing) if event == "failure" else {}
+    kind = event
+    if event == "failure":
+        stopped = checks.blocking_failures(checks.evaluations(instance, run.run_id))
+        if stopped:  # not a failure: a quality check stopped the publish, and the owner has a decision to make
+            kind = "review"
+            detail = {"stage": stopped[0]["asset"],
+                      "message": "; ".join(f"{f['name']}: {f['description']}" for f in stopped)}
     download = None
     if event == "success":
         download = next((p.name for p in storage.outputs(job.id) if p.suffix in (".mkv", ".mp4")), None)
     topic = ntfy.topic_for(owner.name, settings)
     payload = ntfy.job_message(
-        event, topic=topic, priority=settings.priority, job_id=job.id, filename=job.filename,
+        kind, topic=topic, priority=settings.priority, job_id=job.id, filename=job.filename,
         source_lang=job.source_lang, target_lang=job.target_lang, media_seconds=media_seconds,
         run_seconds=run_seconds, stage_label=STAGE_LABELS.get(detail.get("stage") or "", detail.get("stage")),
         error=detail.get("message"), download=download, what=RUN_NAMES.get(run.tags.get("dubbing/origin", ""), "Dub"))
@@ -96,7 +104,7 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
     return f"queued for {topic}" if wrote else "already queued"
 
 
-RUN_NAMES = {"redub": "Re-dub", "reprocess": "Reprocessed dub"}  # by the run's dubbing/origin tag
+RUN_NAMES = {"redub": "Re-dub", "reprocess": "Reprocessed dub", "publish": "Reviewed dub"}  # by dubbing/origin
 
 
 def _notify_sensor(event: str, status: dg.DagsterRunStatus) -> dg.SensorDefinition:

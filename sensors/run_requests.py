@@ -11,25 +11,24 @@ import json
 
 import dagster as dg
 
-from dubbing_assets.jobs import STAGES, dub_job
+from dubbing_assets.jobs import REDUB_STAGES, STAGES, dub_job, stages_from
 from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.stage import ACCEPT_TAG, ACCEPTED_BY_TAG
 from resources.jobstore import JobStore, RunRequestRecord
 from sensors.upload_sensor import ensure_pools, run_tags
 
 MAX_PER_TICK = 50
-REDUB_STAGES = ["dubbed_speech", "dubbed_mix", "dubbed_video"]
 REQUEST_KEY_TAG = "dubbing/request_key"
-
-
-def stages_from(first: str) -> list[str]:
-    """`first` and every stage after it, in pipeline order."""
-    return STAGES[STAGES.index(first):]
+__all__ = ["REDUB_STAGES", "stages_from", "run_request_sensor", "request_run", "REQUEST_KEY_TAG"]
 
 
 def request_run(job, request: RunRequestRecord) -> dg.RunRequest:
     tags = {**run_tags(job, request.kind), REQUEST_KEY_TAG: request.key}
     if request.reason:
         tags["dubbing/reason"] = request.reason[:200]
+    if request.accept:  # "publish anyway": these checks report their failures as warnings in this run
+        tags[ACCEPT_TAG] = ",".join(request.accept)
+        tags[ACCEPTED_BY_TAG] = request.requested_by or ""
     return dg.RunRequest(run_key=request.key, partition_key=job.id, tags=tags,
                          asset_selection=[dg.AssetKey(s) for s in request.stages])
 

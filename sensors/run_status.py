@@ -18,7 +18,7 @@ def cancelled_run_cleanup(context: dg.RunStatusSensorContext, storage: MediaStor
     job_id = run.tags.get("dagster/partition")
     if not job_id:
         return
-    if run.tags.get("dubbing/origin") in ("redub", "reprocess"):
+    if run.tags.get("dubbing/origin") in ("redub", "reprocess", "publish"):
         # a partial run over a finished job: the earlier stages' artifacts are the job's (a re-dub keeps the
         # edited transcript and translation); only the scratch of the cancelled stage goes
         storage.clear_scratch(job_id)

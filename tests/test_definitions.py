@@ -65,20 +65,28 @@ def test_all_assets_in_the_dubbing_group():
     assert {spec.group_name for spec in defs.resolve_all_asset_specs()} == {"dubbing"}
 
 
+CHECKS = {  # the names are the contract (API, UI, CLI, notifications)
+    "dubbed_speech": {"speech_speed", "speech_kept", "coverage", "no_overlap"},
+    "dubbed_mix": {"loudness"},
+    "dubbed_video": {"output_streams", "sync"},
+}
+
+
 def test_asset_checks():
     graph = defs.resolve_asset_graph()
-    assert set(graph.asset_check_keys) == {
-        dg.AssetCheckKey(dg.AssetKey("dubbed_speech"), "no_overlap"),
-        dg.AssetCheckKey(dg.AssetKey("dubbed_video"), "output_streams"),
-    }
-    # The checks are evaluated inside the producing asset's op (no extra step per check).
-    speech = defs.resolve_assets_def("dubbed_speech")
-    video = defs.resolve_assets_def("dubbed_video")
-    assert {s.name for s in speech.check_specs} == {"no_overlap"}
-    assert {s.name for s in video.check_specs} == {"output_streams"}
+    assert set(graph.asset_check_keys) == {dg.AssetCheckKey(dg.AssetKey(asset), name)
+                                           for asset, names in CHECKS.items() for name in names} | {
+        dg.AssetCheckKey(dg.AssetKey("dubbed_speech"), "round_trip")}
+    # The quality checks are evaluated inside the producing asset's op (no extra step per check), and block:
+    # a failure stops the run before anything downstream (the publish) happens.
     for name in PIPELINE:
-        if name not in ("dubbed_speech", "dubbed_video"):
-            assert not list(defs.resolve_assets_def(name).check_specs), name
+        specs = list(defs.resolve_assets_def(name).check_specs)
+        assert {s.name for s in specs} == CHECKS.get(name, set()), name
+        assert all(s.blocking for s in specs), name
+    # round_trip is its own step in the asr pool, and only warns
+    round_trip = next(c for c in defs.asset_checks if c.check_key.name == "round_trip")
+    assert not round_trip.check_specs_by_output_name[next(iter(round_trip.check_specs_by_output_name))].blocking
+    assert round_trip.op.pool == "asr"
 
 
 def test_transcript_is_in_the_asr_pool_and_dubbed_speech_in_the_tts_pool():
@@ -93,7 +101,7 @@ def test_dub_job():
 
     assert job.executor_def is resumable_in_process_executor  # dg.in_process_executor + resume
     assert job.executor_def.name == "in_process"
-    assert sorted(node.name for node in job.graph.nodes) == sorted(PIPELINE)
+    assert sorted(node.name for node in job.graph.nodes) == sorted(PIPELINE + ["dubbed_speech_round_trip"])
     assert isinstance(job.partitions_def, dg.DynamicPartitionsDefinition)
     assert job.partitions_def.name == "dub_jobs"
     assert job.tags.get("dagster/max_retries") == "2"

@@ -16,7 +16,6 @@ import pytest
 
 import mediagen
 from dubbing_assets.dubbed_mix import FRAME_S, RAMP_S, duck_envelope
-from dubbing_assets.dubbed_speech import GAP_S, plan_slot
 from resources import media, subtitles
 from resources.asr import AsrError, AsrResource, Word, split_at_pauses
 from resources.models import model_manager
@@ -642,58 +641,6 @@ def test_unknown_tts_engine(kwargs):
         TtsResource().engine_for("en", **kwargs)
     with pytest.raises(TtsError, match="unknown TTS engine 'bogus'"):
         TtsResource(engine="bogus").engine_for("en")
-
-
-# --- dubbing_assets.dubbed_speech.plan_slot ----------------------------------------------------
-
-
-def test_plan_slot_fits_without_speed_up():
-    assert plan_slot(1.0, 3.0, 1.5, 4.0, 1.35) == (1.0, 1.5, False)
-    assert plan_slot(1.0, 3.0, 2.0, 3.2, 1.35) == (1.0, 2.0, False)  # exactly the slot
-
-
-def test_plan_slot_borrows_following_silence_before_speeding_up():
-    speed, placed, truncated = plan_slot(1.0, 3.0, 2.8, 4.0, 1.35)
-    assert (speed, truncated) == (1.0, False)
-    assert placed == pytest.approx(2.8) and 1.0 + placed > 3.0  # runs past the slot end
-    assert 1.0 + placed <= 4.0 - GAP_S
-
-
-def test_plan_slot_speeds_up_only_as_much_as_needed():
-    speed, placed, truncated = plan_slot(1.0, 3.0, 3.5, 4.0, 1.35)
-    available = 4.0 - GAP_S - 1.0
-    assert speed == pytest.approx(3.5 / available)
-    assert 1.0 < speed <= 1.35
-    assert placed == pytest.approx(available) and not truncated
-
-
-def test_plan_slot_truncates_at_max_speed():
-    speed, placed, truncated = plan_slot(1.0, 3.0, 6.0, 4.0, 1.35)
-    assert speed == 1.35 and truncated
-    assert placed == pytest.approx(4.0 - GAP_S - 1.0)
-    speed, placed, truncated = plan_slot(1.0, 3.0, 3.2, 4.0, 1.0)  # speed-up disabled
-    assert speed == 1.0 and truncated and placed == pytest.approx(2.95)
-
-
-def test_plan_slot_invariants():
-    bad = []
-    for start in (0.0, 2.0, 100.0):
-        for room in (0.0, 0.01, 0.02, 0.05, 0.08, 0.1, 0.5, 1.0, 3.0):  # next_start - start
-            for natural in (0.0, 0.04, 0.3, 1.0, 2.0, 5.0):
-                for max_speed in (1.0, 1.35, 2.0):
-                    next_start = start + room
-                    speed, placed, truncated = plan_slot(start, start + max(room, 0.0) / 2, natural,
-                                                         next_start, max_speed)
-                    ok = (
-                        1.0 <= speed <= max_speed
-                        and 0.0 <= placed <= natural / speed + 1e-9
-                        # never past the next segment's start minus the gap: never overlapping it
-                        and start + placed <= max(start, next_start - GAP_S) + 1e-9
-                        and truncated == (placed < natural / speed - 1e-9)
-                    )
-                    if not ok:
-                        bad.append(((start, room, natural, max_speed), (speed, placed, truncated)))
-    assert not bad, f"{len(bad)} violations, e.g. {bad[:5]}"
 
 
 # --- dubbing_assets.dubbed_mix.duck_envelope ---------------------------------------------------

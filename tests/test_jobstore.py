@@ -150,7 +150,8 @@ def test_job_options_defaults_and_round_trip():
     opts = JobOptions.from_dict(None)
     assert opts == JobOptions()
     assert opts.to_dict() == {"tts_engine": "auto", "translator": "auto", "container": "auto",
-                              "max_speed": 1.35, "duck_db": -14.0, "target_lufs": -16.0}
+                              "max_speed": 1.35, "duck_db": -14.0, "target_lufs": -16.0, "fit": "review",
+                              "max_shift_s": 0.5, "loudness_tolerance_lu": 1.0, "max_true_peak_db": -1.0}
     custom = JobOptions.from_dict({"container": "mp4", "max_speed": 2.0, "target_lufs": -23.0})
     assert JobOptions.from_dict(custom.to_dict()) == custom
     assert JobOptions.from_dict({"max_speed": 1.0}).max_speed == 1.0
@@ -162,6 +163,10 @@ def test_job_options_defaults_and_round_trip():
     ({"container": "avi"}, ["container", "auto, mkv or mp4", "'avi'"]),
     ({"max_speed": 2.5}, ["max_speed", "between 1.0 and 2.0"]),
     ({"max_speed": 0.9}, ["max_speed", "between 1.0 and 2.0"]),
+    ({"fit": "stretch"}, ["fit", "review, extend_video, cut", "'stretch'"]),
+    ({"max_shift_s": 3}, ["max_shift_s", "between 0 and 2"]),
+    ({"target_lufs": 0}, ["target_lufs", "between -40 and -5"]),
+    ({"max_true_peak_db": 1}, ["max_true_peak_db", "between -10 and 0"]),
 ])
 def test_job_options_validation(data, words):
     with pytest.raises(ValueError) as err:

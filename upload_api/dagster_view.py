@@ -11,6 +11,7 @@ from typing import Iterable
 
 import dagster as dg
 
+from dubbing_assets import checks
 from dubbing_assets.jobs import STAGE_LABELS, STAGES
 from resources.jobstore import JobRecord
 
@@ -19,14 +20,15 @@ STATE_OF_RUN = {
     "STARTED": "running", "SUCCESS": "done", "FAILURE": "failed", "CANCELING": "cancelling",
     "CANCELED": "cancelled",
 }
-FINISHED = {"done", "failed", "cancelled", "expired"}
+NEEDS_REVIEW = "needs_review"  # the run stopped at a blocking quality check: nothing was published
+FINISHED = {"done", "failed", "cancelled", "expired", NEEDS_REVIEW}
 SHOWN_METADATA = {
     "source_media": ("duration_s", "container", "video_codec", "audio_codec", "size_mb"),
     "extracted_audio": ("asr_wav_s", "extract_s"),
     "transcript": ("segments", "words", "mean_confidence", "real_time_factor", "model"),
     "translation": ("backend", "segments", "target_chars"),
-    "dubbed_speech": ("engine", "segments", "tts_synthesized", "tts_reused", "sped_up", "truncated", "mean_speed",
-                      "max_speed"),
+    "dubbed_speech": ("engine", "segments", "tts_synthesized", "tts_reused", "sped_up", "truncated", "cut_s",
+                      "held_s", "mean_speed", "max_speed"),
     "dubbed_mix": ("integrated_lufs", "true_peak_dbfs", "gain_db", "codec"),
     "dubbed_video": ("container", "size_mb", "duration_s", "audio_tracks", "subtitle_streams", "note"),
 }
@@ -44,14 +46,58 @@ def runs_by_job(instance: dg.DagsterInstance, job_ids: list[str]) -> dict[str, l
     return out
 
 
-def job_state(job: JobRecord, runs: list[dg.DagsterRun]) -> str:
+def job_state(job: JobRecord, runs: list[dg.DagsterRun], instance: dg.DagsterInstance | None = None) -> str:
+    """The job's state from its latest run. With the instance, a run that a blocking quality check stopped is
+    "needs_review" (without it, such a run reads as "failed")."""
     if job.expired_at is not None:  # the retention tombstone: its files and partition are gone
         return "expired"
     if runs:
         if runs[0].is_complete_and_waiting_to_retry:
             return "queued"  # the run crashed and Dagster's run retries will launch it again
-        return STATE_OF_RUN.get(runs[0].status.value, runs[0].status.value.lower())
+        state = STATE_OF_RUN.get(runs[0].status.value, runs[0].status.value.lower())
+        if state == "failed" and instance is not None and blocking_failures(instance, runs[0]):
+            return NEEDS_REVIEW
+        return state
     return "cancelled" if job.cancel_requested_at else "submitted"
+
+
+def blocking_failures(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dict]:
+    """The blocking checks that failed at ERROR severity in this run (what stopped it), [] when none did.
+    Read once per process for a finished run."""
+    return _finished_or_read(run, "blocking_failures",
+                             lambda: checks.blocking_failures(checks.evaluations(instance, run.run_id)))
+
+
+def quality(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> dict:
+    """The latest evaluation of every quality check across the job's runs (newest run first), and a summary."""
+    latest: dict[str, dict] = {}
+    for run in runs:
+        for e in checks.evaluations(instance, run.run_id):
+            if e["name"] not in latest:
+                latest[e["name"]] = e
+            else:  # within one run the later evaluation wins; across runs the newer run was seen first
+                if latest[e["name"]]["run_id"] == run.run_id:
+                    latest[e["name"]] = e
+    order = {name: i for i, name in enumerate(CHECK_ORDER)}
+    found = sorted(latest.values(), key=lambda e: order.get(e["name"], len(order)))
+    for e in found:
+        e["status"] = ("skipped" if e["metadata"].get("skipped") else "accepted" if e["metadata"].get("accepted")
+                       else "passed" if e["passed"] else "warning" if e["severity"] == "warn" else "failed")
+    failed = [e for e in found if e["status"] == "failed"]
+    if not found:
+        summary = "no quality checks yet"
+    elif failed:
+        summary = "needs review: " + "; ".join(f"{e['name']}: {e['description']}" for e in failed)
+    else:
+        passed = sum(1 for e in found if e["status"] in ("passed", "skipped"))
+        notes = [f"{e['name']} {e['status']}" for e in found if e["status"] in ("warning", "accepted")]
+        summary = f"{passed} of {len(found)} checks passed" + (f" ({', '.join(notes)})" if notes else "")
+    return {"checks": found, "summary": summary}
+
+
+# the order the checks are shown in: pipeline order
+CHECK_ORDER = ["speech_speed", "speech_kept", "coverage", "no_overlap", "round_trip", "loudness", "output_streams",
+               "sync"]
 
 
 def _ts(value: float | None) -> str | None:
@@ -122,7 +168,7 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
     per_run: dict[str, list[dict]] = {}
     for run in oldest_first:
         own = per_run.setdefault(run.run_id, [])
-        fresh = run_kind(run) in ("redub", "reprocess")  # a new version of its stages, not another attempt
+        fresh = run_kind(run) in ("redub", "reprocess", "publish")  # a new version of its stages, not a retry
         for stat in instance.get_run_step_stats(run.run_id):
             stage = stages.get(stat.step_key)
             if stage is None:
@@ -155,11 +201,18 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
             if start:
                 first_start = start[0].event_log_entry.timestamp
     latest = runs[0] if runs else None
-    state = job_state(job, runs)
+    state = job_state(job, runs, instance)
     if state == "cancelled":
         for stage in stages.values():
             if stage["state"] in ("pending", "running"):
                 stage["state"] = "skipped" if stage["state"] == "pending" else "cancelled"
+    review = blocking_failures(instance, latest) if state == NEEDS_REVIEW else []
+    for failure in review:  # the stage that made its output but whose check stopped the run
+        stage = stages.get(failure["asset"])
+        if stage is not None:
+            stage["state"] = "review"
+            stage["error"] = "; ".join(f"{f['name']}: {f['description']}" for f in review
+                                       if f["asset"] == failure["asset"])
     created = job.created_at.timestamp()
     queue = {"stage": "queued", "label": "Queued", "start": _ts(created), "end": _ts(first_start),
              "duration_s": round(first_start - created, 3) if first_start else None,
@@ -173,6 +226,7 @@ def timeline(instance: dg.DagsterInstance, job: JobRecord, runs: list[dg.Dagster
                   "reason": r.tags.get("dubbing/reason"), "stages": per_run.get(r.run_id, []),
                   "resumed": _resumes(instance, r.run_id)} for r in oldest_first],
         "run_wall_s": _run_wall(instance, oldest_first),
+        "review": [{"check": f["name"], "stage": f["asset"], "description": f["description"]} for f in review],
         "last_log_line": last_line(instance, latest),
     }
 
@@ -183,7 +237,7 @@ def run_kind(run: dg.DagsterRun) -> str:
     if run.parent_run_id:
         return "retry"
     origin = run.tags.get("dubbing/origin", "")
-    return origin if origin in ("redub", "reprocess") else "run"
+    return origin if origin in ("redub", "reprocess", "publish") else "run"
 
 
 RESUME_MESSAGE = "Launching a new run worker to resume run"  # dagster._daemon.monitoring.run_monitoring

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse,
 from pydantic import BaseModel, ConfigDict, StrictBool
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
+from dubbing_assets.jobs import STAGES, stages_from
 from resources import logs, s3, settings
 from resources.accounts import User
 from resources.jobstore import JobRecord
@@ -23,7 +24,7 @@ from upload_api.deps import bind, current_user, dagster_instance, job_store, sto
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 log = logs.logging.getLogger("dubbing.api.jobs")
-STATES = ("submitted", "queued", "running", "done", "failed", "cancelling", "cancelled", "expired")
+STATES = ("submitted", "queued", "running", "done", "failed", "needs_review", "cancelling", "cancelled", "expired")
 
 
 def owned_job(job_id: str, user: User) -> JobRecord:
@@ -100,7 +101,7 @@ def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> d
     instance = dagster_instance()
     runs = dv.runs_by_job(instance, [job.id])[job.id] if runs is None else runs
     latest = runs[0] if runs else None
-    state = dv.job_state(job, runs)
+    state = dv.job_state(job, runs, instance)
     view = {
         "job_id": job.id,
         "filename": job.filename,
@@ -114,6 +115,9 @@ def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> d
         "last_log_line": dv.last_line(instance, latest),
         "outputs": outputs_of(job.id) if state == "done" else [],
     }
+    if state == dv.NEEDS_REVIEW:  # what stopped it, for the list's mark and the job page
+        view["review"] = [{"check": f["name"], "stage": f["asset"], "description": f["description"]}
+                          for f in dv.blocking_failures(instance, latest)]
     if detail:
         view.update({"voice": job.voice, "options": job.options.to_dict(), "upload_id": job.upload_id,
                      "runs": [{"run_id": r.run_id, "status": r.status.value} for r in runs]})
@@ -146,7 +150,7 @@ async def list_jobs(user: User = Depends(current_user), state: str | None = Quer
             batch_offset += len(batch)
             runs = dv.runs_by_job(instance, [j.id for j in batch])
             for job in batch:
-                if state is not None and dv.job_state(job, runs[job.id]) != state:
+                if state is not None and dv.job_state(job, runs[job.id], instance) != state:
                     continue
                 if skip:
                     skip -= 1
@@ -218,7 +222,7 @@ async def logs_stream(job_id: str, request: Request, user: User = Depends(curren
                     line = dv.log_line(rec)
                     after = rec.storage_id
                     yield f"id: {rec.storage_id}\nevent: log\ndata: {json.dumps(line)}\n\n"
-                state = dv.job_state(job, runs)
+                state = dv.job_state(job, runs, instance)
                 if state in dv.FINISHED and not conn.has_more:
                     yield f"event: end\ndata: {json.dumps({'state': state, 'run_id': run_id})}\n\n"
                     return
@@ -251,7 +255,7 @@ async def cancel(job_id: str, request: Request, user: User = Depends(current_use
     def do_cancel():
         instance = dagster_instance()
         runs = dv.runs_by_job(instance, [job.id])[job.id]
-        state = dv.job_state(job, runs)
+        state = dv.job_state(job, runs, instance)
         if state in dv.FINISHED:
             raise HTTPException(409, f"the job has already finished ({state}); nothing to cancel")
         if state == "cancelling":
@@ -268,7 +272,7 @@ async def cancel(job_id: str, request: Request, user: User = Depends(current_use
             if not runs:
                 return {"job_id": job.id, "state": "cancelled"}
         instance.run_coordinator.cancel_run(runs[0].run_id)
-        return {"job_id": job.id, "state": dv.job_state(job, dv.runs_by_job(instance, [job.id])[job.id])}
+        return {"job_id": job.id, "state": dv.job_state(job, dv.runs_by_job(instance, [job.id])[job.id], instance)}
 
     result = await run_in_threadpool(do_cancel)
     logs.audit("job_cancel_requested", state=result["state"])
@@ -286,7 +290,7 @@ async def retry(job_id: str, request: Request, user: User = Depends(current_user
     def do_retry():
         instance = dagster_instance()
         runs = dv.runs_by_job(instance, [job.id])[job.id]
-        state = dv.job_state(job, runs)
+        state = dv.job_state(job, runs, instance)
         if not runs or state not in ("failed", "cancelled"):
             raise HTTPException(409, f"only failed or cancelled jobs can be retried; this one is {state}")
         return workspace.reexecute(instance, runs[0])
@@ -313,6 +317,53 @@ async def pin(job_id: str, body: PinIn, request: Request, user: User = Depends(c
     return {"job_id": job.id, "pinned": body.pinned}
 
 
+@router.get("/{job_id}/quality")
+async def quality(job_id: str, request: Request, user: User = Depends(current_user)):
+    """The job's quality evidence (the owner or an admin): the latest evaluation of every quality check, read
+    from Dagster's asset check evaluations across the job's runs, each with its figures, and a summary.
+    `status` is passed, failed (a blocking check: the job needs review), warning, accepted (published anyway)
+    or skipped (e.g. round_trip without a recogniser for the target language)."""
+    job = await get_owned(request, job_id, user)
+
+    def read():
+        instance = dagster_instance()
+        runs = dv.runs_by_job(instance, [job.id])[job.id]
+        return {"job_id": job.id, "state": dv.job_state(job, runs, instance), **dv.quality(instance, runs)}
+
+    return await run_in_threadpool(read)
+
+
+@router.post("/{job_id}/publish", status_code=202)
+async def publish(job_id: str, request: Request, user: User = Depends(current_user)):
+    """Publish a job that needs review anyway (the owner or an admin; audited): the checks that stopped it are
+    accepted, and its stages run again from the stopped one with those checks reporting as warnings, so the
+    outputs are published. Asking again for the same review queues nothing new. 409 unless the job needs
+    review; to fix lines instead, edit the segments and re-dub."""
+    job = await get_owned(request, job_id, user)
+    require_artifacts(job)
+
+    def queue():
+        instance = dagster_instance()
+        runs = dv.runs_by_job(instance, [job.id])[job.id]
+        state = dv.job_state(job, runs, instance)
+        if state != dv.NEEDS_REVIEW:
+            raise HTTPException(409, f"only a job that needs review can be published anyway; this one is {state}")
+        failures = dv.blocking_failures(instance, runs[0])
+        accept = sorted({f["name"] for f in failures})
+        first = min((f["asset"] for f in failures), key=STAGES.index)
+        key = f"publish:{job.id}:{runs[0].run_id}"
+        request_, queued = job_store().add_run_request(
+            job.id, kind="publish", stages=stages_from(first), key=key, requested_by=user.id, accept=accept,
+            reason=f"published after review by {user.name}: {', '.join(accept)} accepted")
+        return {"job_id": job.id, "request_key": request_.key, "accepted": accept, "stages": request_.stages,
+                "queued": queued}
+
+    result = await run_in_threadpool(queue)
+    logs.audit("job_publish_requested", request_key=result["request_key"], accepted=result["accepted"],
+               queued=result["queued"])
+    return result
+
+
 PRESIGNED = (".mkv", ".mp4")  # subtitles stay on this origin: a <track> must be same-origin
 MEDIA_TYPES = {".mkv": "video/x-matroska", ".mp4": "video/mp4", ".srt": "application/x-subrip", ".vtt": "text/vtt"}
 
@@ -325,7 +376,8 @@ async def download(job_id: str, name: str, request: Request, user: User = Depend
     job = await get_owned(request, job_id, user)
     require_outputs(job)
     # Only the state and the outputs listing: players send many range requests while seeking.
-    state = await run_in_threadpool(lambda: dv.job_state(job, dv.runs_by_job(dagster_instance(), [job.id])[job.id]))
+    state = await run_in_threadpool(lambda: dv.job_state(job, dv.runs_by_job(dagster_instance(), [job.id])[job.id],
+                                                         dagster_instance()))
     if state != "done":
         raise HTTPException(409, f"the job is {state}: outputs are offered when it is done")
     output = next((o for o in await run_in_threadpool(published, job.id) if o.name == name), None)

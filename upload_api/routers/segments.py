@@ -18,11 +18,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from dubbing_assets.jobs import REDUB_STAGES
 from resources import logs
 from resources.accounts import User
 from resources.jobstore import JobRecord
 from resources.tts import TtsError, TtsResource
-from sensors.run_requests import REDUB_STAGES
 from upload_api import dagster_view as dv
 from upload_api.deps import current_user, dagster_instance, job_store, storage
 from upload_api.routers.jobs import get_owned, require_artifacts, storage_call
@@ -71,7 +71,8 @@ def tts() -> TtsResource:
 
 
 def job_activity(job: JobRecord) -> str:
-    return dv.job_state(job, dv.runs_by_job(dagster_instance(), [job.id])[job.id])
+    instance = dagster_instance()
+    return dv.job_state(job, dv.runs_by_job(instance, [job.id])[job.id], instance)
 
 
 def read_segments(job: JobRecord) -> tuple[dict, dict, dict]:

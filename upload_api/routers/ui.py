@@ -82,7 +82,7 @@ _env.globals["static_version"] = _static_version()
 STATE_TEXT = {
     "submitted": "Waiting to start", "queued": "Queued", "running": "Running", "done": "Done",
     "failed": "Failed", "cancelling": "Cancelling", "cancelled": "Cancelled", "pending": "Pending",
-    "skipped": "Skipped", "expired": "Expired",
+    "skipped": "Skipped", "expired": "Expired", "needs_review": "Needs review", "review": "Needs review",
 }
 LANG_NAMES = dict(LANGUAGES)
 

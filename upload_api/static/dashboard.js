@@ -27,7 +27,9 @@ document.addEventListener("DOMContentLoaded", () => {
     Dub.setState(card.querySelector('[data-field="state"]'), job.state, stateText);
     const stage = job.current_stage && job.state !== "done" ? "Stage: " + (stageLabels[job.current_stage] || job.current_stage) : "";
     card.querySelector('[data-field="stage"]').textContent = stage;
-    card.querySelector('[data-field="last"]').textContent = job.last_log_line || "";
+    card.querySelector('[data-field="last"]').textContent = job.review
+      ? "Not published: " + job.review.map((r) => r.check).join(", ") + " failed"
+      : job.last_log_line || "";
     const t = card.querySelector('[data-field="created"]');
     if (t.getAttribute("datetime") !== job.created_at) {
       t.setAttribute("datetime", job.created_at);

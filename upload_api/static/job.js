@@ -11,12 +11,12 @@ document.addEventListener("DOMContentLoaded", () => {
   const stageLabels = Dub.bodyData("stageLabels", {});
   const stateText = Dub.bodyData("stateText", {});
   const langNames = Dub.bodyData("langNames", {});
-  const FINISHED = new Set(["done", "failed", "cancelled", "expired"]);
-  const EDITABLE_STATES = new Set(["done", "failed"]);
+  const FINISHED = new Set(["done", "failed", "cancelled", "expired", "needs_review"]);
+  const EDITABLE_STATES = new Set(["done", "failed", "needs_review"]);
   const RUN_STATE = { QUEUED: "queued", NOT_STARTED: "queued", MANAGED: "queued", STARTING: "queued",
                       STARTED: "running", SUCCESS: "done", FAILURE: "failed", CANCELING: "cancelling",
                       CANCELED: "cancelled" };
-  const KIND_TEXT = { run: "Dub", retry: "Retry", redub: "Re-dub" };
+  const KIND_TEXT = { run: "Dub", retry: "Retry", redub: "Re-dub", publish: "Published after review" };
   const AWAIT_RUN_MS = 120000;  // how long the page waits for the run request sensor to launch a re-dub
   const sourceLang = document.body.dataset.sourceLang;
   const targetLang = document.body.dataset.targetLang;
@@ -47,6 +47,7 @@ document.addEventListener("DOMContentLoaded", () => {
       announce("The job is now " + (stateText[next] || next).toLowerCase() + ".");
       state = next;
       document.body.dataset.state = next;
+      document.dispatchEvent(new CustomEvent("job:state", { detail: { state: next } }));  // quality.js
       if (next === "expired") showExpired();
       syncEditor(true);
     }
@@ -660,6 +661,13 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!$("save-segments").disabled && !ed.busy) saveSegments();
   });
   $("redub").addEventListener("click", requestRedub);
+  // quality.js asked for a run ("Publish anyway"): follow the job until it starts, as after a re-dub
+  document.addEventListener("job:awaitRun", () => {
+    awaiting = { runs: runCount, until: Date.now() + AWAIT_RUN_MS };
+    syncEditor(false);
+    if (timer) { clearTimeout(timer); timer = null; }
+    schedule();
+  });
   $("editor-reload").addEventListener("click", async () => {
     clearErrors();
     await loadSegments(true);
