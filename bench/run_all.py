@@ -36,6 +36,8 @@ BENCHMARKS = [
      "reported (no target set)"),
     ("partition_scale", "partition_scale.py", "6: 10,000 partitions: sensor tick, job list, timeline",
      "tick <= 2 s; list <= 100 ms"),
+    ("quality", "quality.py", "9: the fit and the quality checks on five generated talks, before and after",
+     "extend_video cuts 0 words of the fast talk; review names every cut; sync p95 <= 150 ms; loudness +-1 LU"),
     ("rotation", "rotation.py", "8: a 60 s 1080x1920 phone video's export: MP4 copy vs MKV turned upright",
      "reported (no target set)"),
 ]

@@ -187,7 +187,7 @@ def speak_job(job: JobRecord, storage: MediaStorage, tts: TtsResource, log: logg
         for seg, plan, (samples, rate, raw, key), (length, _) in zip(segments, plans, natural, lengths, strict=True):
             engine_rate = 1.0
             target = plan.placed_s + plan.cut_s  # the speech's length at its planned speed, before any cut
-            if plan.speed >= ENGINE_RATE_MIN:  # step 4: the engine's own faster rate first
+            if policy.engine_rate and plan.speed >= ENGINE_RATE_MIN:  # step 4: the engine's own faster rate first
                 wanted = round(plan.speed, 2)
                 fast_raw, fast_key = speech(seg, wanted)
                 fast, fast_rate = media.read_wav_mono(fast_raw)

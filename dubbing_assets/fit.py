@@ -26,7 +26,7 @@ import numpy as np
 
 from resources.jobstore import FITS  # review | extend_video | cut: the job option's values
 
-__all__ = ["FITS", "GAP_S", "FADE_S", "Policy", "SegmentPlan", "Timeline", "plan_fits", "measure_speech",
+__all__ = ["BEFORE", "FITS", "GAP_S", "FADE_S", "Policy", "SegmentPlan", "Timeline", "plan_fits", "measure_speech",
            "prepare_speech", "speech_bounds"]
 
 GAP_S = 0.05  # silence kept between one dubbed segment and the next
@@ -44,6 +44,12 @@ class Policy:
     max_shift_s: float = 0.5
     fit: str = "review"
     compress_pauses: bool = True
+    engine_rate: bool = True  # speak faster with the TTS engine's own rate before atempo
+
+
+# The fit as it was before the quality gate (borrow the following silence, atempo, then cut): the
+# benchmark's "before" (bench/quality.py).
+BEFORE = Policy(max_shift_s=0.0, fit="cut", compress_pauses=False, engine_rate=False)
 
 
 @dataclass

@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # resources/, and the test media generator
 
 PG_ADMIN_URL = os.environ.get("DUBBING_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
-FINISHED = {"done", "failed", "cancelled"}
+FINISHED = {"done", "failed", "cancelled", "needs_review"}
 
 
 class GateFailed(AssertionError):

@@ -40,6 +40,15 @@ def espeak_video(media_dir):
 
 
 @pytest.fixture(scope="session")
+def rushed_video(tmp_path_factory):
+    """A rushed talk (espeak-ng at 300 words a minute, 0.1 s between sentences): its Spanish, spoken at the
+    Spanish voice's pace, cannot fit even at 1.35x, so fit review stops it at speech_kept."""
+    folder = tmp_path_factory.mktemp("rushed")
+    wav, _ = mediagen.speech_track(mediagen.SCRIPT, folder, lead=0.5, pause=0.1, tail=0.5, wpm=300)
+    return mediagen.make_video(wav, folder / "rushed talk.mp4")
+
+
+@pytest.fixture(scope="session")
 def piper_video(media_dir):
     wav, _ = mediagen.speech_track(mediagen.SCRIPT, media_dir, voice="piper")
     return mediagen.make_video(wav, media_dir / "talk_piper.mp4")

@@ -42,6 +42,23 @@ def test_dub_a_generated_file_end_to_end(espeak_video, tmp_path):
     assert (tmp_path / "home" / "dagster.yaml").exists()
 
 
+@pytest.mark.slow
+def test_a_dub_that_needs_review_exits_3_and_says_why_and_where(rushed_video, tmp_path):
+    proc = run_cli(["dub", str(rushed_video), "--to", "es"], tmp_path)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("dubbing: ")]
+    assert lines[0].startswith("dubbing: needs review: speech_kept: ") and "do not fit" in lines[0], lines
+    assert lines[-1].startswith("dubbing: not published; the unpublished dub is kept in ")
+    kept = lines[-1].split("kept in ")[1].split(" (job ")[0]
+    assert Path(kept).name == "dub_track.wav" and Path(kept).stat().st_size > 0
+    assert "--fit extend_video" in lines[-1] and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # no outputs to print: nothing was published
+    out = tmp_path / "held"
+    proc = run_cli(["dub", str(rushed_video), "--to", "es", "--fit", "extend_video", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(Path(p).suffix for p in proc.stdout.split()) == [".mkv", ".srt", ".srt", ".vtt", ".vtt"]
+
+
 def test_dub_failure_exits_non_zero_with_one_line_reason(tmp_path):
     bad = tmp_path / "holiday.mp4"
     bad.write_text("not a video")

@@ -560,7 +560,8 @@ def test_the_heavy_stages_carry_their_pools():
     job = defs.resolve_job_def("dub_job")
     pools = {node.name: node.definition.pool for node in job.graph.node_dict.values()}
     assert pools == {"source_media": None, "extracted_audio": None, "transcript": "asr", "translation": None,
-                     "dubbed_speech": "tts", "dubbed_mix": None, "dubbed_video": None}
+                     "dubbed_speech": "tts", "dubbed_mix": None, "dubbed_video": None,
+                     "dubbed_speech_round_trip": "asr"}  # the dub heard again: Whisper, one at a time
 
 
 def test_instance_configs_limit_every_pool_and_the_cli_raises_one(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 import mediashapes
 from live import upload_file
+from test_jobs_api import wait_state
 from test_tus import create, patch
 
 pytestmark = pytest.mark.slow
@@ -30,15 +31,9 @@ def phone_files(tmp_path_factory):
             for name in ("phone_hevc_mov_rot90", "phone_vfr_mp4")}
 
 
-def wait_done(client, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.time() + timeout
-    view: dict = {}
-    while time.time() < deadline:
-        view = client.get(f"/api/jobs/{job_id}").json()
-        if view["state"] in ("done", "failed", "cancelled"):
-            break
-        time.sleep(1)
-    assert view.get("state") == "done", view
+def wait_done(client, job_id: str) -> dict:
+    view = wait_state(client, job_id, {"done", "failed", "cancelled", "needs_review"})
+    assert view["state"] == "done", view
     return view
 
 

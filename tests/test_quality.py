@@ -44,15 +44,6 @@ def base_job(instance, espeak_video):
     return job
 
 
-@pytest.fixture(scope="module")
-def fast_talk(tmp_path_factory):
-    """A rushed talk (espeak-ng at 300 words a minute, 0.1 s between sentences): its Spanish, spoken at the
-    Spanish voice's pace, cannot fit even at 1.35x."""
-    folder = tmp_path_factory.mktemp("fast")
-    wav, _ = mediagen.speech_track(mediagen.SCRIPT, folder, lead=0.5, pause=0.1, tail=0.5, wpm=300)
-    return mediagen.make_video(wav, folder / "fast_talk.mp4")
-
-
 def copy_job(base, **options):
     """A new job over the same input, with a copy of the base job's stage artifacts."""
     store = JobStore()
@@ -200,8 +191,8 @@ def test_round_trip_hears_the_dub_again_and_only_warns(base_job):
 # --- the whole job: blocking, needs review, publish anyway, extend_video ------------------------------
 
 
-def test_a_dub_that_does_not_fit_needs_review_and_is_published_when_accepted(instance, fast_talk):
-    job, result = run_dub(instance, fast_talk)  # fit: review (the default)
+def test_a_dub_that_does_not_fit_needs_review_and_is_published_when_accepted(instance, rushed_video):
+    job, result = run_dub(instance, rushed_video)  # fit: review (the default)
     assert not result.success
     evaluated = evaluations(result)
     assert not evaluated["speech_kept"].passed and evaluated["speech_kept"].blocking
@@ -243,8 +234,8 @@ def run_dub_selection(instance, job, selection, tags):
                                       raise_on_error=False)
 
 
-def test_extend_video_keeps_every_word_and_the_picture_and_subtitles_follow(instance, fast_talk):
-    job, result = run_dub(instance, fast_talk, options={"fit": "extend_video"})
+def test_extend_video_keeps_every_word_and_the_picture_and_subtitles_follow(instance, rushed_video):
+    job, result = run_dub(instance, rushed_video, options={"fit": "extend_video"})
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert all(evaluations(result)[name].passed for name in ALL), {
         n: e.description for n, e in evaluations(result).items() if not e.passed}
@@ -252,22 +243,22 @@ def test_extend_video_keeps_every_word_and_the_picture_and_subtitles_follow(inst
     timeline = Timeline.from_dict(speech["timeline"], speech["timeline"]["duration_s"])
     held = timeline.extended - timeline.duration
     assert held > 0.1 and all(p["cut_s"] == 0 for p in speech["segments"])
-    export = storage().outputs_dir(job.id) / f"{fast_talk.stem}.es.mkv"
+    export = storage().outputs_dir(job.id) / f"{rushed_video.stem}.es.mkv"
     out = mediashapes.probe(export)
     assert float(out["format"]["duration"]) == pytest.approx(timeline.extended, abs=0.1)
     video = next(s for s in out["streams"] if s["codec_type"] == "video")
     assert mediashapes.stream_seconds(video) == pytest.approx(timeline.extended, abs=0.15)
     # the dub subtitles sit on the placements; the original's moved by the holds before them
-    cues = media.subtitle_cues(storage().outputs_dir(job.id) / f"{fast_talk.stem}.es.srt")
+    cues = media.subtitle_cues(storage().outputs_dir(job.id) / f"{rushed_video.stem}.es.srt")
     assert [(round(a, 2), round(b, 2)) for a, b in cues] == [
         (round(p["placed_start"], 2), round(p["placed_end"], 2)) for p in speech["segments"]]
     transcript = storage().read_json(job.id, "transcript.json")["segments"]
-    original = media.subtitle_cues(storage().outputs_dir(job.id) / f"{fast_talk.stem}.en.srt")
+    original = media.subtitle_cues(storage().outputs_dir(job.id) / f"{rushed_video.stem}.en.srt")
     assert [round(a, 2) for a, _ in original] == [round(timeline.to_export(s["start"]), 2) for s in transcript]
     # the picture after the first hold is the source's picture, later by the time held before it
     at, _ = timeline.holds[0]
     later = min(timeline.duration - 0.2, at + 0.5)
     shifted = later + sum(d for a, d in timeline.holds if a < later)
-    diff = mediashapes.frame_difference(mediashapes.frame(fast_talk, later), mediashapes.frame(export, shifted))
+    diff = mediashapes.frame_difference(mediashapes.frame(rushed_video, later), mediashapes.frame(export, shifted))
     assert diff < 12, diff
     assert materializations(result)["dubbed_video"]["held_s"] == pytest.approx(held, abs=0.01)

@@ -97,6 +97,13 @@ def storage_call(fn, *args):
         raise HTTPException(502, f"the file storage failed ({what or type(exc).__name__})") from None
 
 
+def runs_and_state(job: JobRecord) -> tuple[object, list, str]:
+    """(the Dagster instance, the job's runs newest first, its state), as the actions read them."""
+    instance = dagster_instance()
+    runs = dv.runs_by_job(instance, [job.id])[job.id]
+    return instance, runs, dv.job_state(job, runs, instance)
+
+
 def job_view(job: JobRecord, runs: list | None = None, detail: bool = True) -> dict:
     instance = dagster_instance()
     runs = dv.runs_by_job(instance, [job.id])[job.id] if runs is None else runs
@@ -253,9 +260,7 @@ async def cancel(job_id: str, request: Request, user: User = Depends(current_use
     job = await get_owned(request, job_id, user)
 
     def do_cancel():
-        instance = dagster_instance()
-        runs = dv.runs_by_job(instance, [job.id])[job.id]
-        state = dv.job_state(job, runs, instance)
+        instance, runs, state = runs_and_state(job)
         if state in dv.FINISHED:
             raise HTTPException(409, f"the job has already finished ({state}); nothing to cancel")
         if state == "cancelling":
@@ -288,9 +293,7 @@ async def retry(job_id: str, request: Request, user: User = Depends(current_user
     from upload_api import workspace
 
     def do_retry():
-        instance = dagster_instance()
-        runs = dv.runs_by_job(instance, [job.id])[job.id]
-        state = dv.job_state(job, runs, instance)
+        instance, runs, state = runs_and_state(job)
         if not runs or state not in ("failed", "cancelled"):
             raise HTTPException(409, f"only failed or cancelled jobs can be retried; this one is {state}")
         return workspace.reexecute(instance, runs[0])
@@ -326,9 +329,8 @@ async def quality(job_id: str, request: Request, user: User = Depends(current_us
     job = await get_owned(request, job_id, user)
 
     def read():
-        instance = dagster_instance()
-        runs = dv.runs_by_job(instance, [job.id])[job.id]
-        return {"job_id": job.id, "state": dv.job_state(job, runs, instance), **dv.quality(instance, runs)}
+        instance, runs, state = runs_and_state(job)
+        return {"job_id": job.id, "state": state, **dv.quality(instance, runs)}
 
     return await run_in_threadpool(read)
 
@@ -343,9 +345,7 @@ async def publish(job_id: str, request: Request, user: User = Depends(current_us
     require_artifacts(job)
 
     def queue():
-        instance = dagster_instance()
-        runs = dv.runs_by_job(instance, [job.id])[job.id]
-        state = dv.job_state(job, runs, instance)
+        instance, runs, state = runs_and_state(job)
         if state != dv.NEEDS_REVIEW:
             raise HTTPException(409, f"only a job that needs review can be published anyway; this one is {state}")
         failures = dv.blocking_failures(instance, runs[0])

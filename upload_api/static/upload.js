@@ -177,7 +177,7 @@
 
   function choices() {
     const voice = $("voice").value, name = $("voice-name").value.trim();
-    const options = { container: $("container").value };
+    const options = { container: $("container").value, fit: $("fit").value };
     if (voice !== "auto") options.tts_engine = voice;
     return { source_lang: $("source-lang").value, target_lang: $("target-lang").value,
              voice: name || null, options };
@@ -209,6 +209,7 @@
     $("target-lang").value = c.target_lang;
     $("voice").value = (c.options && c.options.tts_engine) || "auto";
     $("container").value = (c.options && c.options.container) || "auto";
+    $("fit").value = (c.options && c.options.fit) || "review";
     $("voice-name").value = c.voice || "";
   }
 
