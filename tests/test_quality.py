@@ -243,17 +243,18 @@ def test_extend_video_keeps_every_word_and_the_picture_and_subtitles_follow(inst
     timeline = Timeline.from_dict(speech["timeline"], speech["timeline"]["duration_s"])
     held = timeline.extended - timeline.duration
     assert held > 0.1 and all(p["cut_s"] == 0 for p in speech["segments"])
-    export = storage().outputs_dir(job.id) / f"{rushed_video.stem}.es.mkv"
+    stem = output_stem(rushed_video.name)
+    export = storage().outputs_dir(job.id) / f"{stem}.es.mkv"
     out = mediashapes.probe(export)
     assert float(out["format"]["duration"]) == pytest.approx(timeline.extended, abs=0.1)
     video = next(s for s in out["streams"] if s["codec_type"] == "video")
     assert mediashapes.stream_seconds(video) == pytest.approx(timeline.extended, abs=0.15)
     # the dub subtitles sit on the placements; the original's moved by the holds before them
-    cues = media.subtitle_cues(storage().outputs_dir(job.id) / f"{rushed_video.stem}.es.srt")
+    cues = media.subtitle_cues(storage().outputs_dir(job.id) / f"{stem}.es.srt")
     assert [(round(a, 2), round(b, 2)) for a, b in cues] == [
         (round(p["placed_start"], 2), round(p["placed_end"], 2)) for p in speech["segments"]]
     transcript = storage().read_json(job.id, "transcript.json")["segments"]
-    original = media.subtitle_cues(storage().outputs_dir(job.id) / f"{rushed_video.stem}.en.srt")
+    original = media.subtitle_cues(storage().outputs_dir(job.id) / f"{stem}.en.srt")
     assert [round(a, 2) for a, _ in original] == [round(timeline.to_export(s["start"]), 2) for s in transcript]
     # the picture after the first hold is the source's picture, later by the time held before it
     at, _ = timeline.holds[0]

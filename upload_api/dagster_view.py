@@ -79,19 +79,26 @@ def quality(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> dict:
                 if latest[e["name"]]["run_id"] == run.run_id:
                     latest[e["name"]] = e
     order = {name: i for i, name in enumerate(CHECK_ORDER)}
-    found = sorted(latest.values(), key=lambda e: order.get(e["name"], len(order)))
-    for e in found:
+    for e in latest.values():
         e["status"] = ("skipped" if e["metadata"].get("skipped") else "accepted" if e["metadata"].get("accepted")
                        else "passed" if e["passed"] else "warning" if e["severity"] == "warn" else "failed")
-    failed = [e for e in found if e["status"] == "failed"]
+    failed = [e for e in latest.values() if e["status"] == "failed"]
+    for name in CHECK_ORDER:  # a check its run never reached (an earlier one stopped it, or it is still going)
+        if name not in latest and latest:
+            latest[name] = {"name": name, "asset": checks.ASSET_OF.get(name, "dubbed_speech"), "passed": None,
+                            "severity": None, "blocking": name in checks.BLOCKING, "run_id": None, "metadata": {},
+                            "time": None, "status": "not_run",
+                            "description": "not run: an earlier check stopped the run" if failed else "not run yet"}
+    found = sorted(latest.values(), key=lambda e: order.get(e["name"], len(order)))
     if not found:
         summary = "no quality checks yet"
     elif failed:
         summary = "needs review: " + "; ".join(f"{e['name']}: {e['description']}" for e in failed)
     else:
         passed = sum(1 for e in found if e["status"] in ("passed", "skipped"))
+        found_run = [e for e in found if e["status"] != "not_run"]
         notes = [f"{e['name']} {e['status']}" for e in found if e["status"] in ("warning", "accepted")]
-        summary = f"{passed} of {len(found)} checks passed" + (f" ({', '.join(notes)})" if notes else "")
+        summary = f"{passed} of {len(found_run)} checks passed" + (f" ({', '.join(notes)})" if notes else "")
     return {"checks": found, "summary": summary}
 
 

@@ -14,7 +14,8 @@ document.addEventListener("DOMContentLoaded", () => {
     no_overlap: "No overlaps", round_trip: "Heard again (WER)", loudness: "Loudness",
     output_streams: "Tracks and subtitles", sync: "In sync",
   };
-  const STATUS_TEXT = { passed: "Passed", failed: "Failed", warning: "Warning", accepted: "Accepted", skipped: "Skipped" };
+  const STATUS_TEXT = { passed: "Passed", failed: "Failed", warning: "Warning", accepted: "Accepted", skipped: "Skipped",
+                        not_run: "Not run" };
   // the figures shown per check (metadata key: label), and the metadata lists that name lines
   const FIGURES = {
     speech_speed: { speed_p50: "p50 speed", speed_p95: "p95 speed", speed_max: "max", max_speed_allowed: "limit",
@@ -64,10 +65,10 @@ document.addEventListener("DOMContentLoaded", () => {
     const list = $("checks");
     list.textContent = "";
     for (const c of q.checks) {
-      const li = el("li", "check");
+      const li = el("li", "qcheck");
       li.dataset.check = c.name;
-      const head = el("div", "check-head");
-      head.append(el("span", "check-name", NAMES[c.name] || c.name));
+      const head = el("div", "qcheck-head");
+      head.append(el("span", "qcheck-name", NAMES[c.name] || c.name));
       const badge = el("span", "badge state-" + c.status, STATUS_TEXT[c.status] || c.status);
       badge.dataset.field = "status";
       head.append(badge);
@@ -80,7 +81,7 @@ document.addEventListener("DOMContentLoaded", () => {
       if (figures.length) li.append(el("p", "small muted", figures.join(" · ")));
       const ids = c.status === "passed" ? [] : lineIds(c);
       if (ids.length) {
-        const lines = el("ul", "check-lines");
+        const lines = el("ul", "qcheck-lines");
         lines.setAttribute("aria-label", "Lines " + (NAMES[c.name] || c.name) + " names");
         for (const id of ids.slice(0, 50)) {
           const a = el("a", "", "Line " + id);
