@@ -4,7 +4,7 @@ import dagster as dg
 
 from dubbing_assets.extracted_audio import extracted_audio
 from dubbing_assets.partitions import dub_jobs
-from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, stage_errors
+from dubbing_assets.stage import GROUP, STAGE_LOG, Timer, checkpoint, stage_errors
 from resources.asr import AsrResource
 from resources.jobstore import JobRecord, JobStore
 from resources.storage import MediaStorage
@@ -22,7 +22,8 @@ def transcribe_job(job: JobRecord, storage: MediaStorage, asr: AsrResource,
                    log: logging.Logger = STAGE_LOG) -> dg.MaterializeResult:
     """The stage as a plain function: faster-whisper over asr.wav, written to transcript.json."""
     with storage.scratch(job.id), stage_errors("transcript"), Timer() as t:
-        segments, info = asr.transcribe(storage.fetch(job.id, "asr.wav"), job.source_lang)
+        segments, info = asr.transcribe(storage.fetch(job.id, "asr.wav"), job.source_lang,
+                                        on_segment=lambda end, total: checkpoint())  # no log write: no DB
     words = sum(len(s.words) for s in segments)
     data = {"language": job.source_lang, "info": info, "no_speech": not segments,
             "segments": [s.to_dict() for s in segments]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import dagster as dg
 
@@ -155,8 +156,10 @@ class AsrResource(dg.ConfigurableResource):
         return {**versions.version_metadata(ENGINE, self.engine_version(), self.model),
                 "version_tag": self.version_tag()}
 
-    def transcribe(self, wav: Path, language: str) -> tuple[list[Segment], dict]:
-        """Segments with word timestamps, on the original timeline, plus run info."""
+    def transcribe(self, wav: Path, language: str,
+                   on_segment: Callable[[float, float], None] | None = None) -> tuple[list[Segment], dict]:
+        """Segments with word timestamps, on the original timeline, plus run info. `on_segment(end, duration)`
+        is called after each recognised segment (progress; a stage's cancel checkpoint)."""
         _, english_only = resolve_model(self.model)
         lang = language.split("-")[0].lower()
         if english_only and lang != "en":
@@ -178,6 +181,8 @@ class AsrResource(dg.ConfigurableResource):
         )
         segments: list[Segment] = []
         for seg in seg_iter:
+            if on_segment is not None:
+                on_segment(float(seg.end), float(info.duration))
             words = [
                 Word(round(float(w.start), 3), round(float(w.end), 3), w.word.strip(), round(float(w.probability), 4))
                 for w in (seg.words or []) if w.word.strip()
