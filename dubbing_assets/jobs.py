@@ -1,6 +1,7 @@
 import dagster as dg
 
 from dubbing_assets.executor import resumable_in_process_executor
+from dubbing_assets.retries import retry_transient_failure
 from dubbing_assets.stage import GROUP
 from sensors.hooks import notify_failure_detail
 
@@ -15,7 +16,7 @@ dub_job = dg.define_asset_job(
     description="Dub one job (one dynamic partition): source -> audio -> transcript -> translation "
                 "-> dubbed speech -> mix -> export.",
     tags={"dagster/max_retries": 2, "dagster/retry_strategy": "FROM_FAILURE"},
-    hooks={notify_failure_detail},
+    hooks={notify_failure_detail, retry_transient_failure},
 )
 
 STAGES = ["source_media", "extracted_audio", "transcript", "translation", "dubbed_speech",

@@ -36,6 +36,7 @@ from dagster._core.execution.stats import StepEventStatus
 
 from dubbing_assets.jobs import STAGES, dub_job
 from dubbing_assets.partitions import dub_jobs
+from dubbing_assets.retries import TRANSIENT_ERRORS
 from resources.asr import AsrError, AsrResource
 from resources.jobstore import JobRecord, JobStore, RunRequestRecord, RunRequestRow
 from resources.translate import TranslationError, TranslatorResource
@@ -49,15 +50,6 @@ TRANSIENT_PREFIX = "reprocess:transient:"
 OUTDATED_PREFIX = "reprocess:outdated:"
 VERSIONED = ("transcript", "translation", "dubbed_speech")  # the stages whose engine/model the rule compares
 PAGE = 500  # jobs read per query while walking the job store
-# Error classes (anywhere in a step failure's error, cause or context chain) that mean "try again later".
-TRANSIENT_ERRORS = frozenset({
-    "StorageUnavailable", "OSError", "IOError", "ConnectionError", "ConnectionResetError", "ConnectionRefusedError",
-    "ConnectionAbortedError", "BrokenPipeError", "TimeoutError", "socket.timeout",
-    "OperationalError", "InterfaceError", "DisconnectionError",  # SQLAlchemy / DB-API: the database went away
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "HTTPClientError", "ResponseStreamingError", "ProxyConnectionError",  # botocore
-    "DagsterExecutionInterruptedError",
-})
 
 
 def _env_int(name: str, default: int, low: int) -> int:
