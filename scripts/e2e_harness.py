@@ -372,6 +372,23 @@ class Deployment:
         with self.instance() as instance:
             return list(reversed(instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id}))))
 
+    def transient_retries(self, job_id: str) -> dict[str, int]:
+        """Per stage, how many of the job's runs failed in it for a transient reason and were retried from it
+        (the run's dubbing/transient_failure tag, set by dubbing_assets/retries.py): such a stage may have been
+        materialised by the failed run before the failure (Dagster's event write that failed came after the
+        materialisation's own) and again by the retry."""
+        import dagster as dg
+
+        counts: dict[str, int] = {}
+        with self.instance() as instance:
+            for run in instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": job_id})):
+                if run.status.value != "FAILURE" or not run.tags.get("dubbing/transient_failure"):
+                    continue
+                for stat in instance.get_run_step_stats(run.run_id):
+                    if stat.status is not None and stat.status.value == "FAILURE":
+                        counts[stat.step_key] = counts.get(stat.step_key, 0) + 1
+        return counts
+
     def materialisations(self, job_id: str) -> dict[str, int]:
         """How many times each asset was materialised for the job's partition."""
         import dagster as dg
