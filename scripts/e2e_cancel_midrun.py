@@ -4,11 +4,17 @@ queue's limit). Each ends cancelled promptly; no run worker or child process is 
 folders hold no temp files or outputs; the owner gets exactly one cancel notification per job (from
 a local server speaking ntfy's publish API).
 
-    .venv/bin/python scripts/e2e_cancel_midrun.py
+    .venv/bin/python scripts/e2e_cancel_midrun.py [--repeat N]
+
+With --repeat N the gate runs N times, each on a fresh deployment, and reports the cancels that were lost
+(a job that ended anything but cancelled after its cancel was answered 202) and the time from the cancel
+request to the job showing cancelled (p50/p95 over every cancel of every round); it passes with 0 lost.
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,7 +25,9 @@ from e2e_harness import Deployment, GateFailed, check, make_talk, run_gate, wait
 PROMPT_S = 15  # "promptly": from the cancel request to the job showing cancelled
 
 
-def gate() -> str:
+def gate(rounds: list | None = None) -> str:
+    """One round. With `rounds`, the round's cancel times and end states are appended to it and a lost cancel
+    is counted there instead of failing the round."""
     from ntfy_fake import FakeNtfy
 
     ntfy = FakeNtfy(auth="Bearer tk_e2ecancelgate").start()
@@ -63,6 +71,10 @@ def gate() -> str:
                 alice.wait_job(job, {"cancelled", "done", "failed"}, timeout=60)
                 times[job] = time.time() - asked_at[job]
             states = {j: alice.job(j)["state"] for j in [*running, queued]}
+            if rounds is not None:
+                rounds.append({"times": dict(times), "states": states})
+                if not all(s == "cancelled" for s in states.values()):
+                    return f"lost cancels: {states}"
             check(all(s == "cancelled" for s in states.values()), f"jobs did not end cancelled: {states}")
             slow = {j: round(t, 1) for j, t in times.items() if t > PROMPT_S}
             check(not slow, f"cancels slower than {PROMPT_S} s: {slow}")
@@ -98,5 +110,25 @@ def gate() -> str:
         ntfy.stop()
 
 
+def repeated(n: int) -> str:
+    rounds: list[dict] = []
+    for i in range(n):
+        started = time.time()
+        try:
+            said = gate(rounds)
+        except GateFailed as exc:
+            said = f"round failed: {exc}"
+        print(f"round {i + 1}/{n} in {time.time() - started:.0f} s: {said}", flush=True)
+    times = sorted(t for r in rounds for t in r["times"].values())
+    lost = sum(1 for r in rounds for s in r["states"].values() if s != "cancelled")
+    check(len(rounds) == n, f"only {len(rounds)} of {n} rounds got as far as their cancels")
+    check(lost == 0, f"{lost} cancels lost in {n} rounds ({len(times)} cancels)")
+    return (f"{n} rounds, {len(times)} cancels, 0 lost; cancel -> cancelled p50 {statistics.median(times):.1f} s, "
+            f"p95 {times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]:.1f} s, max {times[-1]:.1f} s")
+
+
 if __name__ == "__main__":
-    run_gate("e2e_cancel_midrun", gate)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, each on a fresh deployment")
+    args = parser.parse_args()
+    run_gate("e2e_cancel_midrun", gate if args.repeat == 1 else (lambda: repeated(args.repeat)))
