@@ -349,6 +349,13 @@ def pick(instance: dg.DagsterInstance, job_store: JobStore, engines: Engines, *,
 def reprocess_schedule(context: dg.ScheduleEvaluationContext, job_store: JobStore, asr: AsrResource,
                        translator: TranslatorResource, tts: TtsResource):
     picks = pick(context.instance, job_store, Engines(asr, translator, tts), limit=max_per_tick())
+    claimed = []
+    for p in picks:  # claimed, so retention keeps off the job until its run shows in Dagster
+        if job_store.claim_launch(p.job_id):
+            claimed.append(p)
+        else:
+            context.log.info(f"reprocess {p.job_id}: not launched, retention is deleting its files")
+    picks = claimed
     if not picks:
         return dg.SkipReason("nothing to reprocess")
     ensure_pools(context.instance)

@@ -24,6 +24,12 @@ from resources import settings
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
+# How long a run launch keeps retention off its job (the run shows in Dagster within seconds), and after how
+# long a retention claim counts as left behind by a pass that died (deleting one job's files takes seconds).
+LAUNCH_LEASE = dt.timedelta(minutes=10)
+RETENTION_LEASE = dt.timedelta(hours=1)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -53,6 +59,10 @@ class JobRow(Base):
     # Retention tombstones (not a run status): the intermediates and input were removed; everything was.
     artifacts_expired_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     expired_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    # Claims (migration 0011) that keep retention and a run launch apart: a launcher claims the job before it
+    # queues or launches a run; retention claims it before it deletes the job's files (see claim_launch).
+    launch_claimed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
+    retention_claimed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
 
 
 class RunRequestRow(Base):
@@ -339,6 +349,37 @@ class JobStore(dg.ConfigurableResource):
     def set_pinned(self, job_id: str, pinned: bool) -> None:
         with sa.orm.Session(self.engine()) as session, session.begin():
             session.execute(sa.update(JobRow).where(JobRow.id == job_id).values(pinned=bool(pinned)))
+
+    def claim_launch(self, job_id: str) -> bool:
+        """A run of this job is about to be queued or launched (a re-dub, a retry, a publish, a reprocess): True,
+        and retention keeps off the job for LAUNCH_LEASE, long enough for the run to show in Dagster, where
+        retention sees it. False while retention is deleting the job's files, or once their tombstone is set:
+        the run must not start. One atomic UPDATE, so it and claim_retention never both succeed."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            done = session.execute(sa.update(JobRow).where(
+                JobRow.id == job_id, JobRow.artifacts_expired_at.is_(None), JobRow.expired_at.is_(None),
+                sa.or_(JobRow.retention_claimed_at.is_(None), JobRow.retention_claimed_at < now - RETENTION_LEASE))
+                .values(launch_claimed_at=now))
+        return done.rowcount == 1
+
+    def claim_retention(self, job_id: str) -> bool:
+        """Retention is about to delete this job's files: True unless a run launch claimed it within LAUNCH_LEASE
+        or another retention pass holds it (a claim older than RETENTION_LEASE is a pass that died: taken over).
+        After a True, retention reads the job's runs again before deleting anything, and ends with
+        release_retention."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            done = session.execute(sa.update(JobRow).where(
+                JobRow.id == job_id,
+                sa.or_(JobRow.launch_claimed_at.is_(None), JobRow.launch_claimed_at < now - LAUNCH_LEASE),
+                sa.or_(JobRow.retention_claimed_at.is_(None), JobRow.retention_claimed_at < now - RETENTION_LEASE))
+                .values(retention_claimed_at=now))
+        return done.rowcount == 1
+
+    def release_retention(self, job_id: str) -> None:
+        with sa.orm.Session(self.engine()) as session, session.begin():
+            session.execute(sa.update(JobRow).where(JobRow.id == job_id).values(retention_claimed_at=None))
 
     def mark_expired(self, job_id: str, *, artifacts: bool = False, everything: bool = False) -> None:
         """Set the retention tombstones (each only once: the first time is kept)."""

@@ -8,6 +8,11 @@ Per job, in this order, so that a tick that dies halfway is finished by the next
    intermediates and no input the partition cannot be run again; removing it keeps the live partition count
    bounded. The runs and their event logs stay, so the job's timeline is still readable.
 
+Before step 1 the job is claimed in the job store (`claim_retention`) and its runs and queued requests are read
+again: a re-dub, retry, publish or reprocess claims the job before it is queued or launched (`claim_launch`),
+so retention never deletes the files of a run that starts between its first look and its deletion; whichever
+claims first wins, the other waits (retention for the next tick, a launch answers 409).
+
 A tick that failed after step 2 never saved its cursor: the next one finds the jobs tombstoned since the last
 completed tick whose partition still exists and asks for their deletion again. A failed deletion (S3 away)
 leaves the job untouched and the cursor before it.
@@ -72,13 +77,20 @@ def build_retention_sensor(minimum_interval_seconds: int | None = None) -> dg.Se
                     break
                 action = retention.decide(job, retention.activity(job, records[job.id]), policy, now,
                                           requested.get(job.id))
-                if action is not None:  # read again just before deleting: pinned a moment ago is still pinned
-                    job = job_store.get_job(job.id)
-                    action = retention.decide(job, retention.activity(job, records[job.id]), policy, now,
-                                              requested.get(job.id))
+                if action is not None and not job_store.claim_retention(job.id):
+                    # a re-dub, retry, publish or reprocess is being launched for it right now
+                    context.log.info(f"retention of job {job.id} put off: a run of it is being launched")
+                    action = None
                 if action is not None:
                     try:
-                        retention.apply(job, action, job_store, storage)
+                        # claimed: no run can be launched for it now; read everything again, since a run may have
+                        # started (or the job been pinned) between the first look and the claim
+                        job = job_store.get_job(job.id)
+                        action = retention.decide(
+                            job, retention.activity(job, retention.run_records(instance, [job.id])[job.id]), policy,
+                            now, retention.latest_requests(job_store, [job.id]).get(job.id))
+                        if action is not None:
+                            retention.apply(job, action, job_store, storage)
                     except Exception as exc:
                         if isinstance(exc, StorageUnavailable) or s3.is_transient(exc):
                             # no use trying the others now; this job comes first on the next tick
@@ -91,6 +103,9 @@ def build_retention_sensor(minimum_interval_seconds: int | None = None) -> dg.Se
                         failed += 1
                         seq = job.seq
                         continue
+                    finally:
+                        job_store.release_retention(job.id)
+                if action is not None:
                     expired[job.id] = action
                     to_delete.append(job.id)
                 seq = job.seq

@@ -57,6 +57,9 @@ def run_request_sensor(context: dg.SensorEvaluationContext, job_store: JobStore)
         if any(s not in STAGES for s in request.stages):
             context.log.warning(f"request {request.key}: unknown stage in {request.stages}; not launched")
             continue
+        if not job_store.claim_launch(job.id):  # the route claimed it when queueing; renewed for the launch
+            context.log.warning(f"request {request.key}: retention is deleting job {job.id}'s files; not launched")
+            continue
         runs.append(request_run(job, request))
     if runs:
         ensure_pools(context.instance)

@@ -325,6 +325,72 @@ def test_a_failed_deletion_sets_no_tombstone_and_a_later_tick_finishes_the_job(w
     assert W.store.get_job(job.id).expired_at is not None and not W.uploads.data_path(job.upload_id).exists()
 
 
+def test_a_run_launched_between_the_look_and_the_deletion_keeps_its_files(world, monkeypatch):
+    """Retention looks at a batch of jobs, then deletes; a run of an old job can start in between. Both ways it
+    can happen: the launcher claimed the job (every route, the run request sensor and the reprocess schedule
+    do), or a run shows in Dagster without a claim of its own (e.g. a claim whose lease ran out). Either way
+    the files stay, and the job is expired on a later tick once its runs are old."""
+    W = world
+    claimed, unclaimed, plain = [], [], []
+    for bucket in (claimed, unclaimed, plain):
+        job = W.with_files(W.created(W.uploaded_job(), 40 * DAYS))
+        W.run(job, dg.DagsterRunStatus.SUCCESS, 40 * DAYS)
+        bucket.append(job)
+    original = JobStore.claim_retention
+    launched = []
+
+    def launch_first(store, job_id):  # a launch lands between retention's first look and its claim
+        if job_id == claimed[0].id:
+            assert store.claim_launch(job_id)
+            launched.append(W.run(claimed[0], dg.DagsterRunStatus.NOT_STARTED))
+        elif job_id == unclaimed[0].id:
+            launched.append(W.run(unclaimed[0], dg.DagsterRunStatus.STARTED))
+        return original(store, job_id)
+
+    monkeypatch.setattr(JobStore, "claim_retention", launch_first)
+    result = W.tick()
+    assert W.apply(result) == [plain[0].id]
+    assert not W.work(plain[0]).exists()
+    for job in (claimed[0], unclaimed[0]):
+        assert (W.work(job) / "asr.wav").exists() and W.outputs(job) == ["talk.es.mkv", "talk.es.srt"], job
+        assert W.uploads.data_path(job.upload_id).exists()
+        rec = W.store.get_job(job.id)
+        assert rec.artifacts_expired_at is None and rec.expired_at is None
+        with sa.orm.Session(W.store.engine()) as s:  # the claim was released
+            assert s.scalar(sa.select(JobRow.retention_claimed_at).where(JobRow.id == job.id)) is None
+        assert job.id in W.partitions()
+    assert len(launched) == 2
+
+    # the runs end and grow old: a later tick expires both
+    monkeypatch.setattr(JobStore, "claim_retention", original)
+    with W.instance.run_storage.connect() as conn:
+        conn.execute(RunsTable.update().where(RunsTable.c.run_id.in_([r.run_id for r in launched]))
+                     .values(status="SUCCESS", end_time=(NOW - 40 * DAYS).timestamp()))
+    with sa.orm.Session(W.store.engine()) as s, s.begin():  # and the launch's lease ran out long ago
+        s.execute(sa.update(JobRow).where(JobRow.id == claimed[0].id).values(launch_claimed_at=NOW - DAYS))
+    assert sorted(W.apply(W.tick(result.cursor))) == sorted([claimed[0].id, unclaimed[0].id])
+    assert W.state(claimed[0]) == "expired" and W.state(unclaimed[0]) == "expired"
+
+
+def test_launch_and_retention_claims_exclude_each_other(world):
+    W = world
+    job = W.with_files(W.created(W.uploaded_job(), 40 * DAYS))
+    assert W.store.claim_retention(job.id)
+    assert not W.store.claim_retention(job.id)  # one retention pass at a time
+    assert not W.store.claim_launch(job.id)  # retention is deleting its files: no run may start
+    W.store.release_retention(job.id)
+    assert W.store.claim_launch(job.id)
+    assert not W.store.claim_retention(job.id)  # a run is being launched: retention keeps off for the lease
+    assert W.store.claim_launch(job.id)  # launches do not exclude each other
+    with sa.orm.Session(W.store.engine()) as s, s.begin():  # the lease ran out; a claim left by a pass that died
+        s.execute(sa.update(JobRow).where(JobRow.id == job.id).values(
+            launch_claimed_at=NOW - 11 * dt.timedelta(minutes=1), retention_claimed_at=NOW - 2 * dt.timedelta(hours=1)))
+    assert W.store.claim_retention(job.id)
+    W.store.release_retention(job.id)
+    W.store.mark_expired(job.id, artifacts=True)
+    assert not W.store.claim_launch(job.id)  # its files are gone: nothing to run
+
+
 def test_bounded_per_tick(world, monkeypatch):
     import sensors.retention as sr
 
@@ -442,6 +508,7 @@ def test_api_pin_and_410_for_expired_outputs(api, espeak_video, monkeypatch, pol
     with api.client("alice") as alice, api.client("bob") as bob, api.client("root") as root:
         _, job_id = upload_file(alice, espeak_video, "es")
         _, other_id = upload_file(alice, espeak_video, "es")
+        _, failed_id = upload_file(alice, espeak_video, "es")
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     W = World.__new__(World)  # the stack's own stores and instance
     W.root, W.instance = Path(env["DUBBING_DATA_DIR"]), instance
@@ -452,6 +519,8 @@ def test_api_pin_and_410_for_expired_outputs(api, espeak_video, monkeypatch, pol
     for j in (job, other):
         W.with_files(j)
         W.run(j, dg.DagsterRunStatus.SUCCESS, dt.timedelta(minutes=1))
+    W.with_files(W.store.get_job(failed_id), outputs=False)
+    W.run(W.store.get_job(failed_id), dg.DagsterRunStatus.FAILURE, dt.timedelta(minutes=1))
 
     with api.client("alice") as alice, api.client("bob") as bob, api.client("root") as root:
         view = alice.get(f"/api/jobs/{job_id}").json()
@@ -480,6 +549,12 @@ def test_api_pin_and_410_for_expired_outputs(api, espeak_video, monkeypatch, pol
                 conn.execute(RunsTable.update().where(RunsTable.c.run_id.in_(
                     [r.run_id for r in dv.runs_by_job(instance, [j.id])[j.id]]))
                     .values(end_time=(NOW - 40 * DAYS).timestamp()))
+        # while retention deletes a job's files, a retry of it is refused with the reason (nothing launched)
+        assert W.store.claim_retention(failed_id)
+        r = alice.post(f"/api/jobs/{failed_id}/retry")
+        assert r.status_code == 409 and "retention" in r.json()["detail"], r.text
+        assert len(dv.runs_by_job(instance, [failed_id])[failed_id]) == 1
+        W.store.release_retention(failed_id)
         W.apply(W.tick())
         assert W.store.get_job(job_id).expired_at is not None and W.store.get_job(other_id).expired_at is None
 

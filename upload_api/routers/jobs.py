@@ -53,6 +53,18 @@ def require_artifacts(job: JobRecord) -> None:
                                  f"or retried. Pin a job to keep it.")
 
 
+def claim_launch(job_id: str) -> None:
+    """Claim the job for a run about to be queued or launched (re-dub, retry, publish): retention then keeps off
+    its files until the run shows in Dagster. 410 when retention removed them since the request began, 409
+    while it is removing them."""
+    store = job_store()
+    if store.claim_launch(job_id):
+        return
+    require_artifacts(store.get_job(job_id))
+    raise HTTPException(409, "the retention policy is deleting this job's working files right now; it can no longer "
+                             "be edited, re-dubbed, retried or published")
+
+
 def require_outputs(job: JobRecord) -> None:
     """410 Gone once the retention policy removed the job's outputs (the job is expired)."""
     if job.expired_at is not None:
@@ -296,6 +308,7 @@ async def retry(job_id: str, request: Request, user: User = Depends(current_user
         instance, runs, state = runs_and_state(job)
         if not runs or state not in ("failed", "cancelled"):
             raise HTTPException(409, f"only failed or cancelled jobs can be retried; this one is {state}")
+        claim_launch(job.id)
         return workspace.reexecute(instance, runs[0])
 
     run_id = await run_in_threadpool(do_retry)
@@ -352,6 +365,7 @@ async def publish(job_id: str, request: Request, user: User = Depends(current_us
         accept = sorted({f["name"] for f in failures})
         first = min((f["asset"] for f in failures), key=STAGES.index)
         key = f"publish:{job.id}:{runs[0].run_id}"
+        claim_launch(job.id)
         request_, queued = job_store().add_run_request(
             job.id, kind="publish", stages=stages_from(first), key=key, requested_by=user.id, accept=accept,
             reason=f"published after review by {user.name}: {', '.join(accept)} accepted")

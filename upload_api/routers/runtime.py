@@ -168,6 +168,10 @@ def _reprocess(body: ReprocessIn, user: User) -> dict:
     picked = []
     for p in picks:
         queued = False
+        if not body.dry_run and not store.claim_launch(p.job_id):
+            # retention is deleting this job's files right now: nothing to reprocess
+            picked.append({**p.as_dict(), "queued": False, "skipped": "its files are being deleted by retention"})
+            continue
         if not body.dry_run:
             _, queued = store.add_run_request(p.job_id, kind=reprocess.KIND, stages=p.stages, key=p.key,
                                               reason=p.reason, requested_by=user.id)

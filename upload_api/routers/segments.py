@@ -25,7 +25,7 @@ from resources.jobstore import JobRecord
 from resources.tts import TtsError, TtsResource
 from upload_api import dagster_view as dv
 from upload_api.deps import current_user, dagster_instance, job_store, storage
-from upload_api.routers.jobs import get_owned, require_artifacts, storage_call
+from upload_api.routers.jobs import claim_launch, get_owned, require_artifacts, storage_call
 
 router = APIRouter(prefix="/api/jobs", tags=["segments"])
 log = logs.logging.getLogger("dubbing.api.segments")
@@ -265,6 +265,7 @@ async def redub(job_id: str, request: Request, user: User = Depends(current_user
             raise HTTPException(409, f"the job is {state}: re-dub it when the run has ended")
         read_segments(current)  # 409 without a translation
         key = f"redub:{current.id}:{current.edit_revision}"
+        claim_launch(current.id)
         request_, queued = job_store().add_run_request(
             current.id, kind="redub", stages=REDUB_STAGES, key=key, requested_by=user.id,
             reason=f"segment edits (revision {current.edit_revision})")
