@@ -30,6 +30,7 @@ import dagster as dg
 
 from resources import settings
 from resources.jobstore import JobRecord, JobStore
+from resources.runs import standing_runs
 from resources.storage import MediaStorage
 
 log = logging.getLogger("dubbing.retention")
@@ -100,7 +101,7 @@ def activity(job: JobRecord, records: list) -> Activity:
     if not records:
         return Activity(busy=False, state="cancelled" if job.cancel_requested_at else "submitted", last_end=None)
     records = sorted(records, key=lambda r: r.storage_id, reverse=True)  # newest first (ids, not clocks)
-    latest = records[0].dagster_run
+    latest = standing_runs([r.dagster_run for r in records])[0]  # a failed reprocess keeps a done job done
     status = latest.status.value
     if status not in FINISHED_RUN or latest.is_complete_and_waiting_to_retry:
         return Activity(busy=True, state="busy", last_end=None)

@@ -15,6 +15,7 @@ from dubbing_assets.jobs import STAGE_LABELS, dub_job
 from resources.accounts import Accounts
 from resources.jobstore import JobStore
 from resources.notify import HELD, PENDING, SKIPPED, NotifyStore, NtfyResource, OutboxEntry, deliver_due
+from resources.runs import ORIGIN_TAG, standing_runs
 from resources.storage import MediaStorage
 
 WILL_RETRY_TAG = "dagster/will_retry"
@@ -58,6 +59,11 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
         fresh = instance.get_run_by_id(run.run_id) or run
         if fresh.tags.get(WILL_RETRY_TAG) == "true":
             return skip("the run will be retried; its retry sends the notification")
+        if fresh.tags.get(ORIGIN_TAG) == "reprocess":
+            standing = standing_runs(instance.get_runs(  # newest first
+                dg.RunsFilter(job_name=run.job_name, tags={"dagster/partition": job_id})))
+            if standing and standing[0].run_id != run.run_id:
+                return skip("a reprocess failed over a finished dub: the job keeps its outputs (see its runs)")
     try:
         job = job_store.get_job(job_id)
     except KeyError:

@@ -244,6 +244,53 @@ def test_classification_of_real_failures(store, instance, tmp_path, monkeypatch)
     assert (how["dead"].transient, how["dead"].stage) == (True, "source_media")
 
 
+def test_a_reprocess_that_fails_for_good_leaves_the_done_job_done_with_its_outputs(store, instance, tmp_path,
+                                                                                   monkeypatch):
+    """A done job is reprocessed (an outdated model) and the reprocess fails for good (here its input is gone: a
+    real dg.Failure in source_media). The job stays done with its earlier outputs, the failed reprocess is among
+    its runs, the owner is not told "Dub failed", retention treats it as done (outputs kept to the output age),
+    and the rule does not pick the same reprocess again. A failure of any other run still fails the job."""
+    from resources.accounts import Accounts
+    from resources.notify import NtfyResource
+    from resources.retention import activity
+    from sensors.notify import notify_run
+    from upload_api import dagster_view as dv
+
+    owner = Accounts(store).add_user("carol", "carol-password-1")
+    storage = MediaStorage(root=str(tmp_path / "data"))
+    job = done_job(store, instance, tmp_path, asr=OLD_ASR, owner=owner.id)
+    built = storage.artifact(job.id, "talk.es.mkv")
+    built.write_bytes(b"the good dub")
+    storage.publish_outputs(job.id, [built])
+    picks = tick(instance, store)
+    assert [(r.partition_key, r.tags["dubbing/origin"]) for r in picks] == [(job.id, "reprocess")]
+    failed_id = execute(instance, store, job, storage=storage, tags=picks[0].tags)  # the daemon runs it: it fails
+
+    runs = dv.runs_by_job(instance, [job.id])[job.id]
+    assert [(r.status, r.tags["dubbing/origin"]) for r in runs] == [
+        (dg.DagsterRunStatus.FAILURE, "reprocess"), (dg.DagsterRunStatus.SUCCESS, "upload")]
+    assert runs[0].run_id == failed_id
+    job = store.get_job(job.id)
+    assert dv.job_state(job, runs, instance) == "done"
+    assert [o.name for o in storage.outputs(job.id)] == ["talk.es.mkv"]
+    assert (storage.outputs_dir(job.id) / "talk.es.mkv").read_bytes() == b"the good dub"
+    decided = notify_run(instance, runs[0], "failure", NtfyResource(url="http://127.0.0.1:9"), store, storage)
+    assert decided.startswith("skipped: a reprocess failed over a finished dub"), decided
+    assert activity(job, instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": job.id}))).state == "done"
+    assert tick(instance, store) == []  # its key is spent: not picked again
+
+    # the rule is about a reprocess over a done job only: the same failure of a first run fails the job
+    other = new_job(store, instance, tmp_path, owner=owner.id)
+    execute(instance, store, other, storage=storage, tags={"dubbing/origin": "upload"})
+    other_runs = dv.runs_by_job(instance, [other.id])[other.id]
+    assert dv.job_state(other, other_runs, instance) == "failed"
+    assert not notify_run(instance, other_runs[0], "failure", NtfyResource(url="http://127.0.0.1:9"), store,
+                          storage).startswith("skipped: a reprocess")
+    # and a reprocess that fails over a job that had failed leaves it failed
+    run_of(instance, other, dg.DagsterRunStatus.FAILURE, **{"dubbing/origin": "reprocess"})
+    assert dv.job_state(other, dv.runs_by_job(instance, [other.id])[other.id], instance) == "failed"
+
+
 @pytest.fixture(scope="module")
 def short_video(tmp_path_factory):
     work = tmp_path_factory.mktemp("reprocess_media")

@@ -14,6 +14,7 @@ import dagster as dg
 from dubbing_assets import checks
 from dubbing_assets.jobs import STAGE_LABELS, STAGES
 from resources.jobstore import JobRecord
+from resources.runs import standing_runs
 
 STATE_OF_RUN = {
     "QUEUED": "queued", "NOT_STARTED": "queued", "MANAGED": "queued", "STARTING": "queued",
@@ -51,6 +52,7 @@ def job_state(job: JobRecord, runs: list[dg.DagsterRun], instance: dg.DagsterIns
     "needs_review" (without it, such a run reads as "failed")."""
     if job.expired_at is not None:  # the retention tombstone: its files and partition are gone
         return "expired"
+    runs = standing_runs(runs)  # a reprocess that failed over a done job leaves it done
     if runs:
         if runs[0].is_complete_and_waiting_to_retry:
             return "queued"  # the run crashed and Dagster's run retries will launch it again
@@ -71,7 +73,7 @@ def blocking_failures(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[
 def quality(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> dict:
     """The latest evaluation of every quality check across the job's runs (newest run first), and a summary."""
     latest: dict[str, dict] = {}
-    for run in runs:
+    for run in standing_runs(runs):  # the published dub's checks, not those of a reprocess that failed over it
         for e in checks.evaluations(instance, run.run_id):
             if e["name"] not in latest:
                 latest[e["name"]] = e
