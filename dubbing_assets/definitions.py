@@ -18,7 +18,7 @@ from dubbing_assets.resources import build_defs
 from sensors.notify import NOTIFY_SENSORS
 from sensors.retention import retention_sensor
 from sensors.run_requests import run_request_sensor
-from sensors.run_status import cancelled_run_cleanup
+from sensors.run_status import cancelled_run_cleanup, cancelled_run_failed
 from sensors.upload_sensor import upload_sensor
 
 
@@ -36,7 +36,7 @@ def stage_defs() -> dg.Definitions:
         asset_checks=[round_trip.round_trip],
         jobs=[dub_job],
         schedules=[reprocess_schedule],
-        sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, retention_sensor, *NOTIFY_SENSORS],
+        sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, cancelled_run_failed, retention_sensor, *NOTIFY_SENSORS],
     )
 
 

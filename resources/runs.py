@@ -6,6 +6,9 @@ from __future__ import annotations
 import dagster as dg
 
 ORIGIN_TAG = "dubbing/origin"  # what started a run: upload, cli, redub, reprocess, publish
+# Set on a run when its owner cancels it (with dagster/max_retries 0): a run that then ends FAILURE, because its
+# worker died or was gone, is a cancelled run, never retried (sensors/run_status.py makes it CANCELED).
+CANCEL_REQUESTED_TAG = "dubbing/cancel_requested"
 _ENDED_BADLY = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 

@@ -2,7 +2,8 @@
 """Gate 4: cancelling jobs while RUNNING (during a long stage) and while QUEUED (behind the run
 queue's limit). Each ends cancelled promptly; no run worker or child process is left behind; the job
 folders hold no temp files or outputs; the owner gets exactly one cancel notification per job (from
-a local server speaking ntfy's publish API).
+a local server speaking ntfy's publish API). Then a fourth job's run worker is killed (kill -9) as the job is
+cancelled: it still ends cancelled, is never retried, and notifies once as a cancel.
 
     .venv/bin/python scripts/e2e_cancel_midrun.py [--repeat N]
 
@@ -14,6 +15,8 @@ request to the job showing cancelled (p50/p95 over every cancel of every round);
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import sys
 import time
@@ -103,9 +106,39 @@ def gate(rounds: list | None = None) -> str:
                   f"{ {j: len(m) for j, m in per_job.items()} }")
             check(all(m[0].title == "Dub cancelled: long_talk.mp4" for m in per_job.values()),
                   f"titles: {[m[0].title for m in per_job.values()]}")
+
+            # a cancel whose run worker is gone: the worker is killed (kill -9) the moment its job is seen
+            # transcribing and the cancel follows at once. The run fails under the cancel (or had failed already,
+            # its retry pending); the job must still end cancelled, never retried, with one cancel notification
+            gone = alice.upload(video, "es")["job_id"]
+            wait_until(lambda: alice.job(gone)["current_stage"] == "transcript", 300,
+                       message="the fourth job was never seen transcribing")
+            workers = [pid for pid, cmd in d.descendants("code_server") if "spawn_main" in cmd]
+            check(len(workers) == 1, f"expected one run worker, found {workers}")
+            os.kill(workers[0], signal.SIGKILL)
+            asked = time.time()
+            check(alice.request("POST", f"/api/jobs/{gone}/cancel").status_code == 202, "cancel (worker gone) refused")
+            alice.wait_job(gone, {"cancelled", "done", "failed"}, timeout=120)
+            gone_s = time.time() - asked
+            gone_state, gone_runs = alice.job(gone)["state"], d.runs_of(gone)
+            if rounds is not None:
+                rounds[-1]["times"][gone] = gone_s
+                rounds[-1]["states"][gone] = gone_state
+            check(gone_state == "cancelled", f"a cancel whose worker was gone ended {gone_state}")
+            time.sleep(12)  # Dagster's run retries would have launched a retry by now (daemon ticks every few s)
+            gone_runs = d.runs_of(gone)
+            check(len(gone_runs) == 1 and gone_runs[0].status.value == "CANCELED",
+                  f"the job with its worker gone has runs {[r.status.value for r in gone_runs]}")
+            wait_until(lambda: len([m for m in ntfy.to("dub-alice") if m.click and m.click.endswith(gone)]) >= 1,
+                       60, message="no cancel notification for the job whose worker was gone")
+            time.sleep(3)
+            mine = [m.title for m in ntfy.to("dub-alice") if m.click and m.click.endswith(gone)]
+            check(mine == ["Dub cancelled: long_talk.mp4"], f"notifications of the job whose worker was gone: {mine}")
             alice.close()
             return (f"1 queued + 2 running jobs (in {', '.join(stages.values())}) cancelled in "
-                    f"{max(times.values()):.1f} s at most; no process or file left; 1 cancel notification each")
+                    f"{max(times.values()):.1f} s at most; no process or file left; 1 cancel notification each; "
+                    f"a job whose run worker was killed as it was cancelled ended cancelled in {gone_s:.1f} s, "
+                    f"not retried, 1 cancel notification")
     finally:
         ntfy.stop()
 

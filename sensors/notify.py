@@ -15,7 +15,7 @@ from dubbing_assets.jobs import STAGE_LABELS, dub_job
 from resources.accounts import Accounts
 from resources.jobstore import JobStore
 from resources.notify import HELD, PENDING, SKIPPED, NotifyStore, NtfyResource, OutboxEntry, deliver_due
-from resources.runs import ORIGIN_TAG, standing_runs
+from resources.runs import CANCEL_REQUESTED_TAG, ORIGIN_TAG, standing_runs
 from resources.storage import MediaStorage
 
 WILL_RETRY_TAG = "dagster/will_retry"
@@ -57,6 +57,8 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
         return skip("the run has no job partition")
     if event == "failure":
         fresh = instance.get_run_by_id(run.run_id) or run
+        if fresh.tags.get(CANCEL_REQUESTED_TAG):  # made CANCELED by cancelled_run_failed: notified as a cancel
+            return skip("its owner had cancelled it; the cancel notification is sent")
         if fresh.tags.get(WILL_RETRY_TAG) == "true":
             return skip("the run will be retried; its retry sends the notification")
         if fresh.tags.get(ORIGIN_TAG) == "reprocess":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from dubbing_assets.jobs import dub_job
+from resources.runs import CANCEL_REQUESTED_TAG
 from resources.storage import MediaStorage
+
+WILL_RETRY_TAG = "dagster/will_retry"
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.CANCELED, monitored_jobs=[dub_job],
@@ -26,3 +29,19 @@ def cancelled_run_cleanup(context: dg.RunStatusSensorContext, storage: MediaStor
         return
     storage.clear_job(job_id)
     context.log.info(f"removed temp files and outputs of cancelled job {job_id}")
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.FAILURE, monitored_jobs=[dub_job],
+                      default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=5,
+                      name="cancelled_run_failed",
+                      description="A run its owner cancelled that then ended FAILURE (its run worker died or was "
+                                  "already gone, so nothing could stop it cleanly) is a cancelled run: made "
+                                  "CANCELED, never retried; the cancel cleanup and notification follow.")
+def cancelled_run_failed(context: dg.RunStatusSensorContext):
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    if CANCEL_REQUESTED_TAG not in run.tags or run.status != dg.DagsterRunStatus.FAILURE:
+        return
+    context.instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+    context.instance.report_run_canceled(run, message="Cancelled by its owner; its run worker ended before it "
+                                                      "could stop (the run had failed): not retried.")
+    context.log.info(f"run {run.run_id} failed after its cancel: marked cancelled")

@@ -389,6 +389,7 @@ def test_helm_values_keep_the_instance_policies_and_s3_compute_logs(helm):
                                     "retryOnAssetOrOpFailure": False}
     assert daemon["runMonitoring"]["freeSlotsAfterRunEndSeconds"] == \
         instance["run_monitoring"]["free_slots_after_run_end_seconds"]
+    assert daemon["runMonitoring"]["cancelTimeoutSeconds"] == instance["run_monitoring"]["cancel_timeout_seconds"]
 
 
 # --- the GPU node selector: dagster-k8s/config ---------------------------------------------------------

@@ -20,6 +20,8 @@ def assert_policies(instance: dg.DagsterInstance):
     assert settings.pool_config.default_pool_limit == 1
     # slots of a run whose worker was killed mid-step are freed once it has ended (else its retry waits forever)
     assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 10
+    # a cancelled run whose worker or code server is gone is ended CANCELED by run monitoring a minute later
+    assert instance.run_monitoring_cancel_timeout_seconds == 60
 
 
 @pytest.mark.postgres

@@ -14,7 +14,7 @@ import dagster as dg
 from dubbing_assets import checks
 from dubbing_assets.jobs import STAGE_LABELS, STAGES
 from resources.jobstore import JobRecord
-from resources.runs import standing_runs
+from resources.runs import CANCEL_REQUESTED_TAG, standing_runs
 
 STATE_OF_RUN = {
     "QUEUED": "queued", "NOT_STARTED": "queued", "MANAGED": "queued", "STARTING": "queued",
@@ -57,6 +57,8 @@ def job_state(job: JobRecord, runs: list[dg.DagsterRun], instance: dg.DagsterIns
         if runs[0].is_complete_and_waiting_to_retry:
             return "queued"  # the run crashed and Dagster's run retries will launch it again
         state = STATE_OF_RUN.get(runs[0].status.value, runs[0].status.value.lower())
+        if state == "failed" and CANCEL_REQUESTED_TAG in runs[0].tags:
+            return "cancelling"  # its worker died under the cancel: cancelled_run_failed makes it CANCELED
         if state == "failed" and instance is not None and blocking_failures(instance, runs[0]):
             return NEEDS_REVIEW
         return state

@@ -4,10 +4,14 @@ timeline, log). Cancel and retry go through Dagster too."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import re
 
+import dagster as dg
+from dagster._core.errors import DagsterUserCodeUnreachableError
+from dagster._core.storage.tags import MAX_RETRIES_TAG, WILL_RETRY_TAG
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -18,6 +22,7 @@ from dubbing_assets.jobs import STAGES, stages_from
 from resources import logs, s3, settings
 from resources.accounts import User
 from resources.jobstore import JobRecord
+from resources.runs import CANCEL_REQUESTED_TAG
 from resources.storage import MediaStorage, Output, StorageUnavailable
 from upload_api import dagster_view as dv
 from upload_api.deps import bind, current_user, dagster_instance, job_store, storage
@@ -267,6 +272,26 @@ def _cursor_after(storage_id: int) -> str:
     return EventLogCursor.from_storage_id(storage_id).to_string()
 
 
+def cancel_run(instance, run) -> None:
+    """Cancel a job's run so that the cancel holds whatever its worker does. The run is first tagged as cancelled
+    by its owner, with no run retries left: should it end FAILURE (its worker died, or was gone already), the
+    cancelled_run_failed sensor makes it CANCELED and Dagster never retries it. A run that had already failed
+    and was waiting for its retry is cancelled here. When the code server cannot be reached, the run stays
+    CANCELING and run monitoring ends it CANCELED after cancel_timeout_seconds."""
+    instance.add_run_tags(run.run_id, {CANCEL_REQUESTED_TAG: dt.datetime.now(dt.timezone.utc).isoformat(),
+                                       MAX_RETRIES_TAG: "0"})
+    try:
+        instance.run_coordinator.cancel_run(run.run_id)
+    except DagsterUserCodeUnreachableError as exc:  # the run is CANCELING already; run monitoring ends it
+        logs.log(log, "cancel_code_server_unreachable", logging.WARNING, run_id=run.run_id, error=str(exc)[:300],
+                 then="the run stays cancelling; run monitoring ends it cancelled")
+    fresh = instance.get_run_by_id(run.run_id)
+    if fresh is not None and fresh.status == dg.DagsterRunStatus.FAILURE:  # failed before the cancel, retry pending
+        instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+        instance.report_run_canceled(fresh, message="Cancelled by its owner after its run worker had ended; "
+                                                    "not retried.")
+
+
 @router.post("/{job_id}/cancel", status_code=202)
 async def cancel(job_id: str, request: Request, user: User = Depends(current_user)):
     job = await get_owned(request, job_id, user)
@@ -288,7 +313,14 @@ async def cancel(job_id: str, request: Request, user: User = Depends(current_use
                     break
             if not runs:
                 return {"job_id": job.id, "state": "cancelled"}
-        instance.run_coordinator.cancel_run(runs[0].run_id)
+        cancelled = {runs[0].run_id}
+        cancel_run(instance, runs[0])
+        for _ in range(2):  # a retry that Dagster launched for a run failing just as it was cancelled: that too
+            newer = dv.runs_by_job(instance, [job.id])[job.id]
+            if not newer or newer[0].run_id in cancelled or newer[0].is_finished:
+                break
+            cancelled.add(newer[0].run_id)
+            cancel_run(instance, newer[0])
         return {"job_id": job.id, "state": dv.job_state(job, dv.runs_by_job(instance, [job.id])[job.id], instance)}
 
     result = await run_in_threadpool(do_cancel)
