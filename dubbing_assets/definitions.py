@@ -36,7 +36,8 @@ def stage_defs() -> dg.Definitions:
         asset_checks=[round_trip.round_trip],
         jobs=[dub_job],
         schedules=[reprocess_schedule],
-        sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, cancelled_run_failed, retention_sensor, *NOTIFY_SENSORS],
+        sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, cancelled_run_failed, retention_sensor,
+                 *NOTIFY_SENSORS],
     )
 
 

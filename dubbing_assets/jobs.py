@@ -1,5 +1,6 @@
 import dagster as dg
 
+from dubbing_assets.code_server import guard_cancel_of_dead_workers
 from dubbing_assets.executor import resumable_in_process_executor
 from dubbing_assets.retries import retry_transient_failure
 from dubbing_assets.stage import GROUP
@@ -18,6 +19,10 @@ dub_job = dg.define_asset_job(
     tags={"dagster/max_retries": 2, "dagster/retry_strategy": "FROM_FAILURE"},
     hooks={notify_failure_detail, retry_transient_failure},
 )
+
+# The code server that loads this job starts its run workers: cancelling one that was killed must not wedge it
+# (dubbing_assets/code_server.py).
+guard_cancel_of_dead_workers()
 
 STAGES = ["source_media", "extracted_audio", "transcript", "translation", "dubbed_speech",
           "dubbed_mix", "dubbed_video"]

@@ -92,3 +92,82 @@ def test_a_failure_without_a_cancel_is_left_to_the_retries(instance, world):
     sensor_tick(instance, run)
     run = instance.get_run_by_id(run.run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE and run.tags[WILL_RETRY] == "true"
+
+
+# --- the code server's cancel of a dead worker (dubbing_assets/code_server.py) ---------------------------
+
+def _killed_waiter(ctx):
+    """A process waiting on a multiprocessing Event, as a run worker's termination thread does, killed -9."""
+    import os
+    import signal
+    import time
+
+    event = ctx.Event()
+    proc = ctx.Process(target=event.wait)  # a target the spawned child can import
+    proc.start()
+    time.sleep(1.5)  # it is waiting now
+    assert proc.is_alive()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    return event, proc
+
+
+def test_setting_the_event_of_a_killed_waiter_never_returns():
+    """The deadlock itself: Event.set() waits for every waiter to acknowledge; a killed one never does."""
+    import multiprocessing
+    import threading
+
+    event, _ = _killed_waiter(multiprocessing.get_context("spawn"))
+    setter = threading.Thread(target=event.set, daemon=True)
+    setter.start()
+    setter.join(3)
+    assert setter.is_alive()
+
+
+def test_the_guard_answers_a_cancel_of_a_dead_worker_without_touching_its_event():
+    import multiprocessing
+    import threading
+    import time
+
+    from dagster._grpc.__generated__ import dagster_api_pb2
+    from dagster._grpc.server import DagsterApiServer
+    from dagster._grpc.types import CancelExecutionRequest, CancelExecutionResult
+    from dagster_shared.serdes import deserialize_value, serialize_value
+
+    import dubbing_assets.jobs  # noqa: F401  (installs the guard, as loading the code location does)
+
+    ctx = multiprocessing.get_context("spawn")
+    event, proc = _killed_waiter(ctx)
+    server = DagsterApiServer.__new__(DagsterApiServer)  # only the parts CancelExecution uses
+    server._execution_lock = threading.Lock()
+    server._executions = {"r1": (proc, None)}
+    server._termination_events = {"r1": event}
+    server._termination_times = {}
+    request = dagster_api_pb2.CancelExecutionRequest(
+        serialized_cancel_execution_request=serialize_value(CancelExecutionRequest(run_id="r1")))
+    replies = []
+    call = threading.Thread(target=lambda: replies.append(DagsterApiServer.CancelExecution(server, request, None)),
+                            daemon=True)
+    call.start()
+    call.join(5)
+    assert not call.is_alive(), "the cancel of a dead worker's run hangs (and holds the server's execution lock)"
+    result = deserialize_value(replies[0].serialized_cancel_execution_result, CancelExecutionResult)
+    assert result.success is False and result.message == "the run worker is gone"
+    assert server._execution_lock.acquire(timeout=1)  # the server's lock is free: runs can still start
+    server._execution_lock.release()
+
+    live_event = ctx.Event()  # a live worker is cancelled as before
+    live = ctx.Process(target=live_event.wait)
+    live.start()
+    try:
+        time.sleep(1.0)
+        server._executions["r2"] = (live, None)
+        server._termination_events["r2"] = live_event
+        reply = DagsterApiServer.CancelExecution(server, dagster_api_pb2.CancelExecutionRequest(
+            serialized_cancel_execution_request=serialize_value(CancelExecutionRequest(run_id="r2"))), None)
+        assert deserialize_value(reply.serialized_cancel_execution_result, CancelExecutionResult).success
+        live.join(5)
+        assert live.exitcode == 0  # it woke up and ended
+    finally:
+        live.kill()
