@@ -5,9 +5,15 @@ clients resume; afterwards every upload completes and every job finishes, nothin
 (one job per upload, one successful run per job, each stage materialised once, or twice where its run failed
 in it for a transient reason and was retried from it: dubbing_assets/retries.py).
 
-Needs to run as a user allowed to stop and start the local cluster (root here; CI runs it as root).
+Then, with --restarts N, PostgreSQL is restarted N more times, each the moment a running job's stage starts
+or ends (a STEP_START or STEP_SUCCESS event appears in the event log), with jobs uploaded as others finish:
+every job must end done with one successful run, its stages materialised once (but for a transient retry),
+and its owner told "Dub ready" exactly once, never "Dub failed" (a local server speaking ntfy's publish API).
 
-    .venv/bin/python scripts/e2e_db_reconnect.py [--down-s 3]
+Needs to run as a user allowed to stop and start the local cluster (root here; CI runs it as root). The
+cluster is the one DUBBING_TEST_PG_URL names (default 127.0.0.1:5432): its port picks it in pg_lsclusters.
+
+    .venv/bin/python scripts/e2e_db_reconnect.py [--down-s 3] [--restarts 20]
 """
 
 from __future__ import annotations
@@ -21,25 +27,96 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e_harness import Deployment, check, make_talk, run_gate, wait_until  # noqa: E402
+from e2e_harness import PG_ADMIN_URL, Deployment, GateFailed, check, make_talk, run_gate, wait_until  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
 STAGES = ["source_media", "extracted_audio", "transcript", "translation", "dubbed_speech", "dubbed_mix",
           "dubbed_video"]
 
 
+def _port() -> int:
+    return make_url(PG_ADMIN_URL).port or 5432
+
+
+def _cluster_of_port(port: int) -> tuple[str, str]:
+    """(version, name) of the local cluster listening on `port` (pg_lsclusters)."""
+    rows = subprocess.run(["pg_lsclusters", "-h"], check=True, capture_output=True, text=True).stdout.splitlines()
+    for row in rows:
+        version, name, row_port = row.split()[:3]
+        if int(row_port) == port:
+            return version, name
+    raise GateFailed(f"no local PostgreSQL cluster listens on port {port} (pg_lsclusters)")
+
+
 def cluster(action: str) -> None:
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True,
+    version, name = _cluster_of_port(_port())
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, name, action], check=True,
                    capture_output=True)
 
 
 def pg_up() -> bool:
-    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"]).returncode == 0
+    return subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(_port())]).returncode == 0
 
 
-def gate(down_s: float) -> str:
+def land_restarts(d: Deployment, alice, video: Path, n: int, down_s: float) -> tuple[list[str], dict]:
+    """Restart PostgreSQL n times, each the moment a stage of a running job starts or ends; keep two jobs running
+    (a new upload whenever fewer are). Returns the jobs uploaded here and what each restart landed on."""
+    import psycopg2
+
+    dsn = make_url(d.db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    jobs: list[str] = []
+    landed: collections.Counter = collections.Counter()
+    conn, last_id = None, None
+    deadline = time.time() + 180 + 60 * n
+    while sum(landed.values()) < n:
+        check(time.time() < deadline, f"only {sum(landed.values())} of {n} restarts landed: {dict(landed)}")
+        active = [j for j in jobs if alice.job(j, retry_s=60)["state"] not in ("done", "failed", "cancelled")]
+        if len(active) < 2:
+            jobs.append(alice.upload(video, "es", retry_s=60)["job_id"])
+        try:
+            if conn is None:
+                conn = psycopg2.connect(dsn)
+                conn.autocommit = True
+            with conn.cursor() as cur:
+                if last_id is None:
+                    cur.execute("select coalesce(max(id), 0) from event_logs")
+                    last_id = cur.fetchone()[0]
+                cur.execute("select id, dagster_event_type, step_key from event_logs where id > %s and "
+                            "dagster_event_type in ('STEP_START', 'STEP_SUCCESS') order by id", (last_id,))
+                rows = cur.fetchall()
+        except psycopg2.Error:
+            conn = None
+            time.sleep(0.2)
+            continue
+        if not rows:
+            time.sleep(0.05)
+            continue
+        last_id = rows[-1][0]
+        conn.close()
+        conn = None
+        cluster("stop")  # at once: the stage has just started, or the next one is starting
+        time.sleep(down_s)
+        cluster("start")
+        wait_until(pg_up, 60, message="PostgreSQL did not come back")
+        landed[f"{rows[-1][1]} {rows[-1][2]}"] += 1
+    return jobs, landed
+
+
+def gate(down_s: float, restarts: int = 0) -> str:
     check(Path("/etc/postgresql").is_dir(), "this gate needs a local PostgreSQL cluster (pg_ctlcluster)")
-    with Deployment("db_reconnect", env={"UPLOAD_CHUNK_BYTES": str(32 * 1024)}) as d:
+    from ntfy_fake import FakeNtfy
+
+    ntfy = FakeNtfy(auth="Bearer tk_e2edbgate").start()
+    try:
+        return _gate(down_s, restarts, ntfy)
+    finally:
+        ntfy.stop()
+
+
+def _gate(down_s: float, restarts: int, ntfy) -> str:
+    with Deployment("db_reconnect", env={"UPLOAD_CHUNK_BYTES": str(32 * 1024), "NTFY_URL": ntfy.url,
+                                         "NTFY_AUTH": "tk_e2edbgate",
+                                         "PUBLIC_BASE_URL": "https://dub.example.org"}) as d:
         d.start("code_server", "daemon", "api")
         video = make_talk(d.root / "media", sentences=3)
         alice, bob = d.client("alice"), d.client("bob")
@@ -116,8 +193,12 @@ def gate(down_s: float) -> str:
         check(seen[503] > 0, f"no 503 seen while the database was away: {dict(seen)}")
         check(retry_after_ok[0], "a 503 came without Retry-After")
 
-        jobs = {**{j: alice for j in running}, **{r["job_id"]: bob for r in results.values()}}
         check(len(results) == 3, f"uploads completed: {len(results)} of 3")
+        landed: dict = {}
+        extra: list[str] = []
+        if restarts:
+            extra, landed = land_restarts(d, alice, video, restarts, min(down_s, 1.0))
+        jobs = {**{j: alice for j in [*running, *extra]}, **{r["job_id"]: bob for r in results.values()}}
         for job, client in jobs.items():
             view = client.wait_job(job, timeout=600, retry_s=60)
             check(view["state"] == "done", f"job {job} ended {view['state']}")
@@ -139,8 +220,21 @@ def gate(down_s: float) -> str:
         made = [j for j in store.list_jobs(limit=1000) if j.upload_id in upload_ids]
         check(len(made) == 3, f"jobs made from the 3 in-flight uploads: {len(made)}")
         retried = sum(1 for s in per_job.values() if len(s) > 1)
+        # each owner told once per job that it is ready, never that it failed
+        owner = {j: ("dub-alice" if c is alice else "dub-bob") for j, c in jobs.items()}
+        wait_until(lambda: all(any(m.click and m.click.endswith(j) for m in ntfy.to(owner[j])) for j in jobs), 90,
+                   message="a job's notification did not arrive")
+        time.sleep(5)
+        told = {j: [m.title.split(":")[0] for m in ntfy.to(owner[j]) if m.click and m.click.endswith(j)] for j in jobs}
+        check(all(t == ["Dub ready"] for t in told.values()), f"notifications per job: {told}")
         alice.close()
         bob.close()
+        if restarts:
+            return (f"{sum(landed.values())} PostgreSQL restarts, each on a stage start or end of a running job "
+                    f"({', '.join(f'{k} x{v}' for k, v in sorted(landed.items()))}), after one {outage:.1f} s outage "
+                    f"with 3 uploads in flight ({seen[503]} x 503, 0 x 500): all {len(jobs)} jobs done, 1 successful "
+                    f"run each ({retried} after a run retry, {transient} transient stage failures retried), stages "
+                    f"materialised once (+1 where retried), 1 'Dub ready' per job, no 'Dub failed'")
         return (f"Postgres away {outage:.1f} s with 2 runs executing and 3 uploads in flight: API answered "
                 f"{seen[503]} x 503 (Retry-After), 0 x 500; all 3 uploads completed, all {len(jobs)} jobs done "
                 f"({retried} after a run retry, {transient} of them for a transient stage failure), 1 successful run "
@@ -150,9 +244,11 @@ def gate(down_s: float) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--down-s", type=float, default=3.0)
+    parser.add_argument("--restarts", type=int, default=0,
+                        help="then restart PostgreSQL this many times, each on a stage start or end of a running job")
     args = parser.parse_args()
     try:
-        run_gate("e2e_db_reconnect", lambda: gate(args.down_s))
+        run_gate("e2e_db_reconnect", lambda: gate(args.down_s, args.restarts))
     finally:
         if not pg_up():
             cluster("start")
