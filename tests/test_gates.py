@@ -20,7 +20,7 @@ GATES = {
     "e2e_upload_resume": ["--uploads", "20"],
     "e2e_job_recovery": ["--queued", "3"],
     "e2e_cancel_midrun": [],
-    "e2e_db_reconnect": [],
+    "e2e_db_reconnect": ["--restarts", "2"],  # make gates: 20
     "e2e_smoke_web": [],
     "e2e_schemathesis": ["--max-examples", "15"],
 }
