@@ -77,7 +77,10 @@ def test_sse_resumes_after_last_event_id(stack, done_job):
                                                    "Last-Event-ID": str(middle)}, timeout=60) as c:
         text = c.get(f"/api/jobs/{job_id}/logs/stream").text
     ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
-    assert ids == [e["id"] for e in logs if e["id"] > middle]
+    expected = [e["id"] for e in logs if e["id"] > middle]
+    # exactly the rest of the first stream, in order; an event Dagster wrote to the finished run's log after the
+    # first stream had ended (seen once on a loaded machine) may follow it
+    assert ids[:len(expected)] == expected and all(i > logs[-1]["id"] for i in ids[len(expected):]), (ids, expected)
     assert "event: end" in text
 
 
