@@ -6,6 +6,7 @@ notification once into the outbox, keyed by (run id, event), and try to deliver 
 
 from __future__ import annotations
 
+import json
 import os
 
 import dagster as dg
@@ -147,4 +148,40 @@ def notify_outbox(context: dg.SensorEvaluationContext, ntfy: NtfyResource, job_s
     return dg.SkipReason(f"{len(done)} attempt(s), {sent} delivered")
 
 
-NOTIFY_SENSORS = [notify_on_success, notify_on_failure, notify_on_cancel, notify_outbox]
+RUN_ENDS = {dg.DagsterEventType.RUN_SUCCESS: "success", dg.DagsterEventType.RUN_FAILURE: "failure",
+            dg.DagsterEventType.RUN_CANCELED: "cancel"}
+
+
+@dg.sensor(name="notify_catch_up", minimum_interval_seconds=OUTBOX_INTERVAL_S,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Writes the notification of any dub run that ended without one: when a run status "
+                       "sensor's evaluation for a run fails (the database restarting under it), Dagster logs it "
+                       "and moves past that run for good. This walks run ends with its own cursor, saved only "
+                       "when the tick succeeded; notify_run writes each (run, event) once.")
+def notify_catch_up(context: dg.SensorEvaluationContext, ntfy: NtfyResource, job_store: JobStore,
+                    storage: MediaStorage):
+    instance = context.instance
+    if not context.cursor:  # a new deployment, or this sensor is new: from now on (older runs were handled)
+        start = {}
+        for event_type in RUN_ENDS:
+            newest = instance.fetch_run_status_changes(event_type, limit=1).records
+            start[event_type.value] = newest[0].storage_id if newest else 0
+        return dg.SensorResult(skip_reason=dg.SkipReason("started: run ends from now on"), cursor=json.dumps(start))
+    cursor = json.loads(context.cursor)
+    caught = []
+    for event_type, event in RUN_ENDS.items():
+        records = instance.fetch_run_status_changes(
+            dg.RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=cursor.get(event_type.value, 0),
+                                            job_names=[dub_job.name]), limit=100, ascending=True).records
+        for record in records:
+            run = instance.get_run_by_id(record.run_id)
+            if run is not None and notify_run(instance, run, event, ntfy, job_store, storage).startswith("queued"):
+                caught.append(f"{event} of run {run.run_id}")
+            cursor[event_type.value] = record.storage_id
+    if caught:
+        context.log.warning(f"notifications the run status sensors had missed: {', '.join(caught)}")
+    return dg.SensorResult(skip_reason=None if caught else dg.SkipReason("no run end without its notification"),
+                           cursor=json.dumps(cursor))
+
+
+NOTIFY_SENSORS = [notify_on_success, notify_on_failure, notify_on_cancel, notify_outbox, notify_catch_up]

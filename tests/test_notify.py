@@ -19,7 +19,7 @@ from ntfy_fake import FakeNtfy
 from resources import notify
 from resources.jobstore import JobStore
 from resources.logs import JsonFormatter
-from resources.notify import FAILED, PENDING, SENT, SKIPPED, NotifyStore, NtfyResource, deliver_due
+from resources.notify import FAILED, HELD, PENDING, SENT, SKIPPED, NotifyStore, NtfyResource, deliver_due
 
 SECRET = "tk_" + secrets.token_hex(14)
 BASE = "https://dub.example.org"
@@ -413,3 +413,53 @@ def test_reading_an_artifact_never_recreates_a_removed_work_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         storage.read_json("j1", "source.json")
     assert not (storage.job_dir("j1") / "work").exists()
+
+
+# ------------------------------------------------------------------------------- catching up
+
+
+def test_catch_up_writes_the_notification_a_run_status_sensor_missed(tmp_path):
+    """When a run status sensor's evaluation for a run raises (the database restarting: gate 5 with 20 restarts
+    lost one "Dub ready" so), Dagster moves past that run for good. notify_catch_up walks run ends itself: a
+    run that ended without its notification gets it, once; a new cursor starts from now (no old runs)."""
+    import dagster as dg
+
+    from dubbing_assets.definitions import defs
+    from resources.accounts import Accounts
+    from resources.storage import MediaStorage
+    from sensors.notify import notify_catch_up
+
+    store = JobStore(database_url=f"sqlite:///{tmp_path}/jobs.db")
+    owner = Accounts(store).add_user("alice", "alice-password-1")
+    storage = MediaStorage(root=str(tmp_path / "data"))
+    ntfy = NtfyResource(url="http://127.0.0.1:9", public_base_url=BASE)
+    resources = {"ntfy": ntfy, "job_store": store, "storage": storage}
+
+    def failed_run(instance) -> str:  # a real run of the job that fails: its input is not there
+        job = store.create_job(input_path=str(tmp_path / "gone.mp4"), filename="gone.mp4", source_lang="en",
+                               target_lang="es", owner=owner.id)
+        instance.add_dynamic_partitions("dub_jobs", [job.id])
+        result = defs.resolve_job_def("dub_job").execute_in_process(
+            instance=instance, partition_key=job.id, raise_on_error=False, resources={"job_store": store})
+        assert not result.success
+        return result.run_id
+
+    def tick(instance, cursor):
+        return notify_catch_up(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+    with dg.instance_for_test() as instance:
+        before = failed_run(instance)  # ended before the sensor existed: left alone
+        started = tick(instance, None)
+        # (the failure hook holds the failing stage's detail in the outbox; the run status sensor would send it)
+        assert started.skip_reason and NotifyStore(store).get(before, "failure").status == HELD
+        missed = failed_run(instance)  # its run status sensor evaluation failed: nothing sent
+        assert NotifyStore(store).get(missed, "failure").status == HELD
+        caught = tick(instance, started.cursor)
+        entry = NotifyStore(store).get(missed, "failure")
+        assert entry is not None and entry.status == PENDING and entry.topic == "dub-alice"
+        assert entry.payload["title"] == "Dub failed at Probe: gone.mp4"
+        again = tick(instance, caught.cursor)  # nothing new: no second message
+        assert again.skip_reason and json.loads(again.cursor) == json.loads(caught.cursor)
+        assert tick(instance, started.cursor).skip_reason  # the same run seen twice: still one entry
+        assert NotifyStore(store).get(missed, "failure").id == entry.id
+        assert NotifyStore(store).get(before, "failure").status == HELD
