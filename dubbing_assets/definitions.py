@@ -19,6 +19,7 @@ from sensors.notify import NOTIFY_SENSORS
 from sensors.retention import retention_sensor
 from sensors.run_requests import run_request_sensor
 from sensors.run_status import cancelled_run_cleanup, cancelled_run_failed
+from sensors.stalled_retries import stalled_retry_sensor
 from sensors.upload_sensor import upload_sensor
 
 
@@ -37,7 +38,7 @@ def stage_defs() -> dg.Definitions:
         jobs=[dub_job],
         schedules=[reprocess_schedule],
         sensors=[upload_sensor, run_request_sensor, cancelled_run_cleanup, cancelled_run_failed, retention_sensor,
-                 *NOTIFY_SENSORS],
+                 stalled_retry_sensor, *NOTIFY_SENSORS],
     )
 
 
