@@ -18,8 +18,8 @@ from resources.jobstore import JobStore
 from resources.notify import HELD, PENDING, SKIPPED, NotifyStore, NtfyResource, OutboxEntry, deliver_due
 from resources.runs import CANCEL_REQUESTED_TAG, ORIGIN_TAG, standing_runs
 from resources.storage import MediaStorage
+from sensors.stalled_retries import retry_pending
 
-WILL_RETRY_TAG = "dagster/will_retry"
 SENSOR_INTERVAL_S = int(os.environ.get("NOTIFY_SENSOR_INTERVAL_S", "5"))
 OUTBOX_INTERVAL_S = int(os.environ.get("NTFY_OUTBOX_INTERVAL_S", "10"))
 
@@ -60,7 +60,7 @@ def notify_run(instance: dg.DagsterInstance, run: dg.DagsterRun, event: str, ntf
         fresh = instance.get_run_by_id(run.run_id) or run
         if fresh.tags.get(CANCEL_REQUESTED_TAG):  # made CANCELED by cancelled_run_failed: notified as a cancel
             return skip("its owner had cancelled it; the cancel notification is sent")
-        if fresh.tags.get(WILL_RETRY_TAG) == "true":
+        if retry_pending(instance, fresh):  # Dagster's retry, or stalled_retry_sensor's when Dagster's launch failed
             return skip("the run will be retried; its retry sends the notification")
         if fresh.tags.get(ORIGIN_TAG) == "reprocess":
             standing = standing_runs(instance.get_runs(  # newest first

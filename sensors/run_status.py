@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from dubbing_assets.jobs import dub_job
 from resources.runs import CANCEL_REQUESTED_TAG
 from resources.storage import MediaStorage
-
-WILL_RETRY_TAG = "dagster/will_retry"
 
 
 @dg.run_status_sensor(run_status=dg.DagsterRunStatus.CANCELED, monitored_jobs=[dub_job],

@@ -5,9 +5,14 @@ restarting under it), the daemon logs the error and stores its cursor past the r
 FAILURE with `dagster/will_retry: true`, no retry ever comes, and its job reads "queued" for good. Found by
 gate 5 with 20 restarts on stage starts and ends (2026-12-07).
 
-This sensor launches such a retry itself: a failed dub run that Dagster said it would retry, ended more than
-GRACE_S ago, with no later run of its job, is run again from the stage it failed in (the reprocessing rule's
-classification). The run key `retry:<failed run id>` makes it once; the new run carries `dubbing/retry_of`.
+When the launch raises where the daemon can still write, it records "Failed to retry run" on the run and
+sets `dagster/will_retry: false`: the same transient blip then made the failure final (the second run of that
+gate: its owner was told "Dub failed" for a job that only met a database restart).
+
+This sensor launches such a retry itself: a failed dub run whose retry is pending (`retry_pending`: Dagster said
+it would retry it and GRACE_S passed, or it tried and failed) and whose job has no later run, is run again from
+the stage it failed in (the reprocessing rule's classification). The run key `retry:<failed run id>` makes it
+once; the new run carries `dubbing/retry_of`. The failure notification waits for that retry (sensors/notify.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import datetime as dt
 import time
 
 import dagster as dg
+from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from dubbing_assets.jobs import dub_job, stages_from
 from dubbing_assets.reprocess import classify
@@ -25,8 +31,26 @@ from sensors.upload_sensor import ensure_pools, run_tags
 
 GRACE_S = 60  # Dagster launches its retry within seconds; a minute later it is not coming
 LOOK_BACK = dt.timedelta(hours=6)
-WILL_RETRY_TAG = "dagster/will_retry"
 RETRY_OF_TAG = "dubbing/retry_of"
+FAILED_TO_RETRY = "Failed to retry run"  # the engine event of dagster/_daemon/auto_run_reexecution
+
+
+def retry_pending(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """A failed run that is to be run again: Dagster said it would retry it, or tried to and its launch failed.
+    Never a run its owner cancelled."""
+    if CANCEL_REQUESTED_TAG in run.tags:
+        return False
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        return True
+    return _failed_to_retry(instance, run)
+
+
+def _failed_to_retry(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and (event.message or "").startswith(FAILED_TO_RETRY):
+            return True
+    return False
 
 
 @dg.sensor(name="stalled_retry_sensor", job=dub_job, minimum_interval_seconds=30,
@@ -42,9 +66,12 @@ def stalled_retry_sensor(context: dg.SensorEvaluationContext, job_store: JobStor
     requests = []
     for record in failed:
         run = record.dagster_run
-        if run.tags.get(WILL_RETRY_TAG) != "true" or CANCEL_REQUESTED_TAG in run.tags:
+        if CANCEL_REQUESTED_TAG in run.tags or record.end_time is None:
             continue
-        if record.end_time is None or now - record.end_time < GRACE_S:
+        if run.tags.get(WILL_RETRY_TAG) == "true":
+            if now - record.end_time < GRACE_S:
+                continue  # Dagster's retry may still be on its way
+        elif not _failed_to_retry(instance, run):
             continue
         job_id = run.tags.get("dagster/partition")
         if not job_id:

@@ -14,7 +14,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from resources.jobstore import JobStore
 from resources.runs import CANCEL_REQUESTED_TAG
-from sensors.stalled_retries import RETRY_OF_TAG, stalled_retry_sensor
+from sensors.stalled_retries import RETRY_OF_TAG, retry_pending, stalled_retry_sensor
 
 
 @pytest.fixture
@@ -70,3 +70,38 @@ def test_a_promised_retry_that_never_came_is_launched_once(instance, store):
     create_run_for_test(instance, job_name="dub_job", status=dg.DagsterRunStatus.STARTED,
                         tags={**request.tags, "dagster/partition": stalled.id, "dagster/run_key": request.run_key})
     assert stalled.id not in {r.partition_key for r in tick(instance, store)}
+
+
+def test_a_retry_whose_launch_failed_is_launched_and_the_failure_not_announced(instance, store, tmp_path):
+    """The daemon's retry launch raised (the database restarting): it recorded "Failed to retry run" and set
+    dagster/will_retry false, which made a transient failure final. The sensor retries it at once and the
+    owner is not told "Dub failed" for it; a run that was never to be retried is still announced."""
+    from resources.accounts import Accounts
+    from resources.notify import NtfyResource
+    from resources.storage import MediaStorage
+    from sensors.notify import notify_run
+
+    job, run = failed(instance, store, ended_s_ago=2)
+    instance.report_engine_event("Failed to retry run", run)  # what the daemon writes, then the tag
+    instance.add_run_tags(run.run_id, {"dagster/will_retry": "false"})
+    run = instance.get_run_by_id(run.run_id)
+    assert retry_pending(instance, run)
+    assert [r.run_key for r in tick(instance, store)] == [f"retry:{run.run_id}"]  # no grace: it is not coming
+
+    owner = Accounts(store).add_user("alice", "alice-password-1")
+    store_job = store.create_job(input_path="/y.mp4", filename="y.mp4", source_lang="en", target_lang="es",
+                                 owner=owner.id)
+    storage, ntfy = MediaStorage(root=str(tmp_path / "data")), NtfyResource(url="http://127.0.0.1:9")
+    pending = create_run_for_test(instance, job_name="dub_job", status=dg.DagsterRunStatus.STARTED,
+                                  tags={"dagster/partition": store_job.id})
+    instance.report_run_failed(pending)
+    instance.report_engine_event("Failed to retry run", pending)
+    instance.add_run_tags(pending.run_id, {"dagster/will_retry": "false"})
+    assert notify_run(instance, instance.get_run_by_id(pending.run_id), "failure", ntfy, store, storage) == \
+        "skipped: the run will be retried; its retry sends the notification"
+    final = create_run_for_test(instance, job_name="dub_job", status=dg.DagsterRunStatus.STARTED,
+                                tags={"dagster/partition": store_job.id, "dagster/max_retries": "0"})
+    instance.report_run_failed(final)
+    assert not retry_pending(instance, instance.get_run_by_id(final.run_id))
+    assert "will be retried" not in notify_run(instance, instance.get_run_by_id(final.run_id), "failure", ntfy,
+                                               store, storage)
