@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
 import json
 import random
@@ -72,12 +73,12 @@ def finished_job(d: Deployment) -> str:
 
 
 async def load(url: str, token: str, paths: list[str], clients: int, total: int,
-               interval: float = 0.0) -> tuple[list[float], int]:
+               interval: float = 0.0) -> tuple[list[float], collections.Counter]:
     """`clients` concurrent clients share `total` requests. interval 0: each sends its next request as
     soon as the last is answered (a closed loop: the server's saturation). interval > 0: each client
     starts a request every `interval` seconds (phones polling a job page), late ones at once."""
     latencies: list[float] = []
-    errors = 0
+    errors: collections.Counter = collections.Counter()  # what went wrong: a status code or an exception name
     queue: asyncio.Queue = asyncio.Queue()
     for i in range(total):
         queue.put_nowait(paths[i % len(paths)])
@@ -85,7 +86,6 @@ async def load(url: str, token: str, paths: list[str], clients: int, total: int,
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, limits=limits,
                                  timeout=30) as client:
         async def worker(n: int):
-            nonlocal errors
             next_at = time.perf_counter() + interval * n / clients  # spread the clients' phases
             while True:
                 if interval:
@@ -99,9 +99,9 @@ async def load(url: str, token: str, paths: list[str], clients: int, total: int,
                 try:
                     r = await client.get(path)
                     if r.status_code != 200:
-                        errors += 1
-                except httpx.HTTPError:
-                    errors += 1
+                        errors[str(r.status_code)] += 1
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] += 1
                 latencies.append((time.perf_counter() - started) * 1000)
 
         await asyncio.gather(*(worker(n) for n in range(clients)))
@@ -113,7 +113,8 @@ def measure(d: Deployment, paths: list[str], clients: int, total: int, interval:
     started = time.perf_counter()
     lat, errors = asyncio.run(load(d.url, d.tokens["alice"], paths, clients, total, interval))
     wall = time.perf_counter() - started
-    return {"requests": len(lat), "errors": errors, "p50_ms": round(pct(lat, 50), 1),
+    return {"requests": len(lat), "errors": sum(errors.values()), "error_kinds": dict(errors),
+            "p50_ms": round(pct(lat, 50), 1),
             "p99_ms": round(pct(lat, 99), 1), "mean_ms": round(statistics.mean(lat), 1),
             "rps": round(len(lat) / wall, 1)}
 
