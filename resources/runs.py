@@ -4,6 +4,7 @@ a run, and which of a job's runs decide its state."""
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.storage.tags import WILL_RETRY_TAG
 
 ORIGIN_TAG = "dubbing/origin"  # what started a run: upload, cli, redub, reprocess, publish
 # Set on a run when its owner cancels it (with dagster/max_retries 0): a run that then ends FAILURE, because its
@@ -22,3 +23,10 @@ def standing_runs(runs: list[dg.DagsterRun]) -> list[dg.DagsterRun]:
            and not runs[i].is_complete_and_waiting_to_retry):
         i += 1
     return runs[i:] if i and i < len(runs) and runs[i].status == dg.DagsterRunStatus.SUCCESS else runs
+
+
+def end_cancelled(instance: dg.DagsterInstance, run: dg.DagsterRun, message: str) -> None:
+    """A run its owner cancelled that ended FAILURE (its worker died, or had already): made CANCELED, and Dagster's
+    run retries told not to retry it. Used by the cancel route and the cancelled_run_failed sensor."""
+    instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
+    instance.report_run_canceled(run, message=message)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from dubbing_assets.jobs import dub_job
-from resources.runs import CANCEL_REQUESTED_TAG
+from resources.runs import CANCEL_REQUESTED_TAG, end_cancelled
 from resources.storage import MediaStorage
 
 
@@ -40,7 +39,6 @@ def cancelled_run_failed(context: dg.RunStatusSensorContext):
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
     if CANCEL_REQUESTED_TAG not in run.tags or run.status != dg.DagsterRunStatus.FAILURE:
         return
-    context.instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
-    context.instance.report_run_canceled(run, message="Cancelled by its owner; its run worker ended before it "
-                                                      "could stop (the run had failed): not retried.")
+    end_cancelled(context.instance, run, "Cancelled by its owner; its run worker ended before it could stop (the "
+                                         "run had failed): not retried.")
     context.log.info(f"run {run.run_id} failed after its cancel: marked cancelled")

@@ -66,13 +66,10 @@ def stalled_retry_sensor(context: dg.SensorEvaluationContext, job_store: JobStor
     requests = []
     for record in failed:
         run = record.dagster_run
-        if CANCEL_REQUESTED_TAG in run.tags or record.end_time is None:
+        if record.end_time is None or not retry_pending(instance, run):
             continue
-        if run.tags.get(WILL_RETRY_TAG) == "true":
-            if now - record.end_time < GRACE_S:
-                continue  # Dagster's retry may still be on its way
-        elif not _failed_to_retry(instance, run):
-            continue
+        if run.tags.get(WILL_RETRY_TAG) == "true" and now - record.end_time < GRACE_S:
+            continue  # Dagster's retry may still be on its way (after a failed launch it is not)
         job_id = run.tags.get("dagster/partition")
         if not job_id:
             continue

@@ -11,7 +11,7 @@ import re
 
 import dagster as dg
 from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._core.storage.tags import MAX_RETRIES_TAG, WILL_RETRY_TAG
+from dagster._core.storage.tags import MAX_RETRIES_TAG
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -22,7 +22,7 @@ from dubbing_assets.jobs import STAGES, stages_from
 from resources import logs, s3, settings
 from resources.accounts import User
 from resources.jobstore import JobRecord
-from resources.runs import CANCEL_REQUESTED_TAG
+from resources.runs import CANCEL_REQUESTED_TAG, end_cancelled
 from resources.storage import MediaStorage, Output, StorageUnavailable
 from upload_api import dagster_view as dv
 from upload_api.deps import bind, current_user, dagster_instance, job_store, storage
@@ -287,9 +287,7 @@ def cancel_run(instance, run) -> None:
                  then="the run stays cancelling; run monitoring ends it cancelled")
     fresh = instance.get_run_by_id(run.run_id)
     if fresh is not None and fresh.status == dg.DagsterRunStatus.FAILURE:  # failed before the cancel, retry pending
-        instance.add_run_tags(run.run_id, {WILL_RETRY_TAG: "false"})
-        instance.report_run_canceled(fresh, message="Cancelled by its owner after its run worker had ended; "
-                                                    "not retried.")
+        end_cancelled(instance, fresh, "Cancelled by its owner after its run worker had ended; not retried.")
 
 
 @router.post("/{job_id}/cancel", status_code=202)
